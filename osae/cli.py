@@ -1,0 +1,41 @@
+"""The `osae` command: mounts each stage's commands (../shared/docs/cli.md is the contract)."""
+
+from __future__ import annotations
+
+import typer
+
+from osae import __version__
+from osae.cli_common import setup_logging
+from osae.store.cli import app as store_app
+from osae.store.cli import toy_cmd
+
+app = typer.Typer(
+    help="Ordered sparse autoencoders on language-model activations: harvest, store, fit, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(store_app, name="store")
+app.command("toy")(toy_cmd)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"osae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    setup_logging(log_level)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

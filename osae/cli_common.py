@@ -1,0 +1,56 @@
+"""What every typer command shares: one-line errors with exit code 1, logging set up once."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Callable
+
+import typer
+
+from osae.errors import OsaeError
+
+log = logging.getLogger("osae")
+
+# Exceptions whose message is meant for the user. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (OsaeError, ValueError, FileNotFoundError, PermissionError)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(levelname)s %(message)s", stream=sys.stderr)
+
+
+def fail(message: str) -> None:
+    typer.echo(f"osae: error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn user-facing errors into one line on stderr and exit 1 (`OSAE_DEBUG=1` shows the traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except USER_ERRORS as exc:
+            if os.environ.get("OSAE_DEBUG"):
+                raise
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            fail(msg)
+        except OSError as exc:
+            if os.environ.get("OSAE_DEBUG"):
+                raise
+            fail(f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted; committed data is intact and the same command resumes")
+
+    return wrapper
+
+
+def print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))

@@ -1,0 +1,28 @@
+"""File names, format versions and defaults shared by every stage."""
+
+STORE_FORMAT_VERSION = 1
+# Stores whose format version is in this set can be read by this osae.
+READABLE_STORE_FORMATS = frozenset({1})
+
+# Root-group attribute key holding all osae metadata of a store.
+STORE_ATTR_KEY = "osae"
+ACTS_GROUP = "acts"
+DIGESTS_GROUP = "digests"
+SEQUENCES_GROUP = "sequences"
+GROUND_TRUTH_GROUP = "ground_truth"
+ROW_ARRAYS = ("tokens", "seq_id", "position")
+
+# A local writer lock file inside the store directory (flock-based, released by the kernel on death).
+LOCK_FILE = ".osae-writer.lock"
+# A remote writer lease (object stores have no flock); a lease older than this is considered abandoned.
+REMOTE_LEASE_FILE = "osae-writer.lease.json"
+REMOTE_LEASE_SECONDS = 120.0
+
+# About 16 MiB per chunk was the fastest read and write unit measured (docs/store-format.md).
+TARGET_CHUNK_BYTES = 16 * 2**20
+# Shards group this many chunks into one file (128 MiB at the target chunk size).
+CHUNKS_PER_SHARD = 8
+MIN_CHUNK_ROWS = 256
+
+DEFAULT_EVAL_FRACTION = 0.02
+DEFAULT_LOADER_BUFFER_BYTES = 1 * 2**30

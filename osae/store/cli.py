@@ -1,0 +1,131 @@
+"""`osae store ...` and `osae toy` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from osae.cli_common import fail, print_json, user_errors
+from osae.store import tools
+from osae.store.format import COMPRESSORS
+from osae.store.toy import ToyConfig, write_toy_store
+
+app = typer.Typer(help="Inspect, verify and copy activation stores.", no_args_is_help=True)
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+@app.command("info")
+@user_errors
+def info_cmd(
+    store: str = typer.Argument(..., help="Store path or URL (s3://, gs://, http(s)://)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Hooks, shape, dtype, committed tokens, size, compression, provenance and the content fingerprint.
+
+    Examples:
+      osae store info acts.zarr
+      osae store info s3://team-bucket/pythia-70m-l3.zarr --json
+    """
+    meta = tools.info(store)
+    if json_out:
+        print_json(meta)
+        return
+    typer.echo(f"store        {meta['location']}  (format {meta['format_version']}, osae {meta['osae_version']})")
+    state = "complete" if meta["complete"] else "NOT complete (being written or interrupted)"
+    typer.echo(f"tokens       {meta['n_tokens']:,} in {meta['n_sequences']:,} sequences, {state}")
+    for name, h in meta["hooks"].items():
+        typer.echo(f"hook         {name}: layer {h['layer']}, d_model {h['d_model']}, {h['dtype']}")
+    typer.echo(f"model        {meta['model']}")
+    typer.echo(f"dataset      {meta['dataset']}")
+    typer.echo(f"context      {meta['context_size']}  token ids: {'yes' if meta['has_tokens'] else 'no'}")
+    ratio = f"{meta['compression_ratio']:.3f}" if meta["compression_ratio"] else "unknown"
+    typer.echo(f"size         {_human(meta['nbytes'])} of rows, {_human(meta['nbytes_stored'])} stored "
+               f"(ratio {ratio}, compressor {meta['compressor']})")
+    typer.echo(f"layout       chunks of {meta['chunk_rows']} rows, shards of {meta['shard_rows']} rows")
+    typer.echo(f"split        train {meta['split']['train_tokens']:,} / eval {meta['split']['eval_tokens']:,} tokens")
+    typer.echo(f"fingerprint  {meta['fingerprint']}")
+
+
+@app.command("verify")
+@user_errors
+def verify_cmd(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Read every chunk: checksums, recorded digests and NaN/Inf. Exits 1 listing bad chunks.
+
+    Examples:
+      osae store verify acts.zarr
+      osae store verify https://example.org/stores/acts.zarr --json
+    """
+    report = tools.verify(store, progress=not json_out)
+    if json_out:
+        print_json(report)
+    else:
+        for b in report["bad_chunks"]:
+            typer.echo(f"bad   {b['array']} chunk {b['chunk']}: {b['reason']}", err=True)
+        verdict = "ok" if report["ok"] else f"{len(report['bad_chunks'])} bad chunk(s)"
+        typer.echo(f"checked {report['checked_chunks']} chunks of {report['n_tokens']:,} tokens: {verdict}")
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("copy")
+@user_errors
+def copy_cmd(
+    src: str = typer.Argument(..., help="Source store path or URL."),
+    dst: str = typer.Argument(..., help="Destination path or s3:// URL."),
+    compressor: str = typer.Option(None, help=f"Recompress with one of {list(COMPRESSORS)} (default: keep)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing destination."),
+    json_out: bool = typer.Option(False, "--json", help="Print the verification report as JSON."),
+) -> None:
+    """Copy committed rows between locations, recompressing if asked, then verify the copy.
+
+    Examples:
+      osae store copy acts.zarr s3://team-bucket/acts.zarr
+      osae store copy s3://team-bucket/acts.zarr local.zarr --compressor zstd
+    """
+    if compressor is not None and compressor not in COMPRESSORS:
+        fail(f"--compressor must be one of {list(COMPRESSORS)}; got {compressor!r}")
+    report = tools.copy(src, dst, compressor=compressor, overwrite=overwrite, progress=not json_out)
+    if json_out:
+        print_json(report)
+    else:
+        same = "same content" if report["same_content"] else "CONTENT DIFFERS"
+        typer.echo(f"copied {report['n_tokens']:,} tokens to {dst}: verify {'ok' if report['ok'] else 'FAILED'}, {same} "
+                   f"(fingerprint {report['fingerprint']})")
+    if not report["ok"] or not report["same_content"]:
+        raise typer.Exit(1)
+
+
+@user_errors
+def toy_cmd(
+    out: Path = typer.Option(..., "--out", help="Store to write."),
+    d: int = typer.Option(80, help="Activation width."),
+    n_atoms: int = typer.Option(100, "--n-atoms", help="Ground-truth dictionary size K."),
+    m: int = typer.Option(5, help="Active atoms per sample."),
+    n: int = typer.Option(100_000, help="Training samples."),
+    n_eval: int = typer.Option(10_000, "--n-eval", help="Held-out samples (the evaluation split)."),
+    alpha: float = typer.Option(1.2, help="Zipf exponent of the atom frequencies."),
+    seed: int = typer.Option(0, help="Seed (seed: atoms, seed+1: training codes, seed+2: held-out codes)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+) -> None:
+    """Write the OSAE paper's Gaussian toy data (methods.md section 5) as a store with its ground truth.
+
+    Examples:
+      osae toy --out toy.zarr
+      osae toy --out small.zarr --d 16 --n-atoms 32 --m 3 --n 50000
+    """
+    result = write_toy_store(out, ToyConfig(d=d, n_atoms=n_atoms, m=m, n=n, n_eval=n_eval, alpha=alpha, seed=seed),
+                             overwrite=overwrite)
+    typer.echo(f"wrote {result['rows']:,} rows to {out} (chunks of {result['chunk_rows']}, eval chunks {result['eval_chunks']})")

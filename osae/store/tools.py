@@ -1,0 +1,171 @@
+"""`osae store info | verify | copy`: describe, check and move stores."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from osae.constants import ACTS_GROUP, DIGESTS_GROUP, GROUND_TRUTH_GROUP, SEQUENCES_GROUP
+from osae.errors import StoreError
+from osae.store.digest import chunk_digest, fingerprint
+from osae.store.location import filesystem
+from osae.store.reader import ActivationStore, to_float32
+from osae.store.split import split_intervals
+from osae.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+def row_array_paths(store: ActivationStore) -> list[str]:
+    paths = [f"{ACTS_GROUP}/{h}" for h in store.hooks]
+    if store.has_tokens:
+        paths += ["tokens", "seq_id", "position"]
+    return paths
+
+
+def manifest(store: ActivationStore) -> dict[str, np.ndarray] | None:
+    """Committed chunk digests of every row array, or None if the store has none."""
+    out = {}
+    for p in row_array_paths(store):
+        try:
+            out[p] = store.array(f"{DIGESTS_GROUP}/{p}")[: store.n_chunks]
+        except StoreError:
+            return None if store.n_tokens else {}
+    return out
+
+
+def store_fingerprint(store: ActivationStore) -> str | None:
+    m = manifest(store)
+    return None if m is None else fingerprint(store.meta, m)
+
+
+def stored_bytes(store: ActivationStore, paths: list[str] | None = None) -> int | None:
+    """Bytes the store (or the given arrays in it) occupies; None where it cannot be listed (plain HTTP)."""
+    if store.loc.protocol in ("http", "https"):
+        return None
+    fs = filesystem(store.loc)
+    root = store.loc.path if store.loc.is_local else store.loc.url
+    if paths is None:
+        return int(fs.du(root, total=True))
+    return sum(int(fs.du(f"{root}/{p}", total=True)) for p in paths)
+
+
+def info(url) -> dict:
+    store = ActivationStore(url, quiet=True)
+    nbytes = 0
+    for p in row_array_paths(store):
+        arr = store.array(p)
+        nbytes += store.n_tokens * int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
+    stored = stored_bytes(store, row_array_paths(store))
+    prov = store.meta.get("provenance", {})
+    train, evals = split_intervals(store, "train"), split_intervals(store, "eval")
+    return {
+        "format_version": store.meta["format_version"],
+        "location": store.loc.display,
+        "n_tokens": store.n_tokens,
+        "n_sequences": store.n_sequences,
+        "complete": store.complete,
+        "hooks": {k: {"layer": v.get("layer"), "hook": v.get("hook"), "d_model": v["d_model"], "dtype": v["dtype"]}
+                  for k, v in store.hooks.items()},
+        "model": prov.get("model"),
+        "dataset": prov.get("dataset"),
+        "context_size": store.context_size,
+        "has_tokens": store.has_tokens,
+        "chunk_rows": store.chunk_rows,
+        "shard_rows": store.shard_rows,
+        "compressor": store.meta.get("compressor"),
+        "nbytes": nbytes,
+        "nbytes_stored": stored,
+        "nbytes_total": stored_bytes(store),
+        "compression_ratio": (nbytes / stored) if stored else None,
+        "split": {"rule": store.meta["split"], "train_tokens": train.n_rows, "eval_tokens": evals.n_rows},
+        "ground_truth": store.meta.get("ground_truth"),
+        "provenance": prov,
+        "created": store.meta.get("created"),
+        "osae_version": store.meta.get("osae_version"),
+        "fingerprint": store_fingerprint(store),
+    }
+
+
+def verify(url, *, progress: bool = False) -> dict:
+    """Read every committed chunk: checksums (crc32c codec), digests against the manifest, NaN/Inf."""
+    store = ActivationStore(url, quiet=True)
+    m = manifest(store) or {}
+    bad: list[dict] = []
+    checked = 0
+    paths = row_array_paths(store)
+    bar = tqdm(total=store.n_chunks * len(paths), unit="chunk", desc="verify", disable=not progress)
+    for p in paths:
+        digests = m.get(p)
+        if digests is None:
+            bad.append({"array": p, "chunk": None, "reason": "no digest manifest"})
+        for c in range(store.n_chunks):
+            checked += 1
+            bar.update(1)
+            try:
+                rows = store.read_chunk(p, c)
+            except Exception as exc:  # a failed checksum or a damaged shard surfaces as a codec error
+                bad.append({"array": p, "chunk": c, "reason": f"unreadable: {type(exc).__name__}: {str(exc)[:120]}"})
+                continue
+            if digests is not None and c < len(digests) and chunk_digest(rows) != int(digests[c]):
+                bad.append({"array": p, "chunk": c, "reason": "content differs from its recorded digest (missing or altered chunk)"})
+            if p.startswith(ACTS_GROUP):
+                hook = p.split("/", 1)[1]
+                n_bad = int((~np.isfinite(to_float32(rows, store.dtype(hook)))).sum())
+                if n_bad:
+                    bad.append({"array": p, "chunk": c, "reason": f"{n_bad} NaN/Inf values"})
+    bar.close()
+    for p in (f"{SEQUENCES_GROUP}/row_start", f"{SEQUENCES_GROUP}/context"):
+        if store.has_tokens and p in store.group:
+            try:
+                store.array(p)[: store.n_sequences]
+            except Exception as exc:
+                bad.append({"array": p, "chunk": None, "reason": f"unreadable: {type(exc).__name__}"})
+    return {"ok": not bad, "checked_chunks": checked, "bad_chunks": bad, "n_tokens": store.n_tokens,
+            "complete": store.complete, "fingerprint": store_fingerprint(store)}
+
+
+def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, progress: bool = False) -> dict:
+    """Copy the committed rows of SRC to DST (recompressing if asked), then verify DST."""
+    store = ActivationStore(src, quiet=True)
+    meta = store.meta
+    writer = StoreWriter.create(
+        dst, hooks=meta["hooks"], has_tokens=store.has_tokens, context_size=store.context_size,
+        provenance={**meta.get("provenance", {}), "copied_from": store.loc.display},
+        compressor=compressor or meta.get("compressor", "none"), chunk_rows=store.chunk_rows,
+        split=meta["split"], overwrite=overwrite,
+    )
+    try:
+        step = store.shard_rows
+        bar = tqdm(total=store.n_tokens, unit="tok", unit_scale=True, desc="copy", disable=not progress)
+        if store.has_tokens:
+            starts = store.array(f"{SEQUENCES_GROUP}/row_start")[: store.n_sequences]
+            ctx = (store.array(f"{SEQUENCES_GROUP}/context")[: store.n_sequences]
+                   if f"{SEQUENCES_GROUP}/context" in store.group else None)
+            writer.add_sequences(starts, ctx)
+        for lo in range(0, store.n_tokens, step):
+            hi = min(lo + step, store.n_tokens)
+            acts = {h: store.read_acts(h, lo, hi) for h in store.hooks}
+            extra = {}
+            if store.has_tokens:
+                extra = {k: store.read_rows(k, lo, hi) for k in ("tokens", "seq_id", "position")}
+            writer.write(acts, **extra)
+            bar.update(hi - lo)
+        bar.close()
+        if store.ground_truth() is not None:
+            gt = meta["ground_truth"]
+            writer.write_ground_truth(store.ground_truth(), {k: v for k, v in gt.items() if k != "arrays"})
+        writer.close(complete=store.complete)
+    except BaseException:
+        writer.abort()
+        raise
+    report = verify(dst, progress=progress)
+    source_fp = store_fingerprint(store)
+    report["source_fingerprint"] = source_fp
+    report["same_content"] = source_fp is not None and source_fp == report["fingerprint"]
+    return report
+
+
+__all__ = ["info", "verify", "copy", "manifest", "store_fingerprint", "GROUND_TRUTH_GROUP"]
