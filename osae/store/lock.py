@@ -7,6 +7,7 @@ renews in a background thread; a lease not renewed for REMOTE_LEASE_SECONDS is a
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -16,7 +17,7 @@ import time
 import uuid
 
 from osae.constants import LOCK_FILE, REMOTE_LEASE_FILE, REMOTE_LEASE_SECONDS
-from osae.errors import StoreLockedError
+from osae.errors import StoreError, StoreLockedError
 from osae.store.location import Location, filesystem, join
 
 
@@ -58,8 +59,13 @@ class WriterLock:
         self.release()
 
     def _acquire_local(self) -> None:
-        os.makedirs(self.loc.path, exist_ok=True)
-        fd = os.open(os.path.join(self.loc.path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(self.loc.path, exist_ok=True)
+            fd = os.open(os.path.join(self.loc.path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreError(f"cannot write to {self.loc.display}: {exc.strerror}; choose a writable location") from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -178,11 +178,19 @@ class ActivationStore:
             arr = self.array(path)
             return np.empty((0, *arr.shape[1:]), dtype=arr.dtype)
         arr = self.array(path)
-        if out is None:
-            return arr[start:stop]
-        target = out[: stop - start]
-        arr.get_basic_selection(slice(start, stop), out=self._prototype.nd_buffer.from_numpy_array(target))
-        return target
+        try:
+            if out is None:
+                return arr[start:stop]
+            target = out[: stop - start]
+            arr.get_basic_selection(slice(start, stop), out=self._prototype.nd_buffer.from_numpy_array(target))
+            return target
+        except (StoreError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a failed checksum, a damaged shard or a lost connection
+            raise StoreError(
+                f"cannot read rows {start}:{stop} of '{path}' in {self.loc.display} "
+                f"({type(exc).__name__}: {str(exc)[:160]}); run `osae store verify` on it"
+            ) from exc
 
     def read_chunk(self, path: str, c: int, out: np.ndarray | None = None) -> np.ndarray:
         start, stop = self.chunk_bounds(c)

@@ -26,13 +26,26 @@ def row_array_paths(store: ActivationStore) -> list[str]:
 
 
 def manifest(store: ActivationStore) -> dict[str, np.ndarray] | None:
-    """Committed chunk digests of every row array, or None if the store has none."""
+    """Committed chunk digests of every row array, or None if the store has none.
+
+    Full chunks' digests live in digests/<path>; a partial last chunk's in the commit record.
+    """
     out = {}
+    n_full = store.n_tokens // store.chunk_rows
+    tail = store.commit.get("tail_digests", {})
     for p in row_array_paths(store):
-        try:
-            out[p] = store.array(f"{DIGESTS_GROUP}/{p}")[: store.n_chunks]
-        except StoreError:
-            return None if store.n_tokens else {}
+        if n_full:
+            try:
+                full = store.array(f"{DIGESTS_GROUP}/{p}")[:n_full]
+            except StoreError:
+                return None
+        else:
+            full = np.empty(0, np.uint64)
+        if n_full < store.n_chunks:
+            if p not in tail:
+                return None
+            full = np.append(full, np.uint64(int(tail[p])))
+        out[p] = full
     return out
 
 

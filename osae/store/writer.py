@@ -293,17 +293,26 @@ class StoreWriter:
             self.buf_n = 0
 
     def _write_digests(self, start: int, stop: int) -> None:
+        """Digests of the full chunks go to digests/<path>; a partial last chunk's digest goes into the
+        commit record itself, so it always describes exactly the committed rows, even after a crash."""
         first_chunk = start // self.chunk_rows
+        n_full = (stop - start) // self.chunk_rows
+        tail = {}
         for p in self.paths:
             digests = chunk_digests(self.buf[p][: stop - start], self.chunk_rows)
+            if len(digests) > n_full:
+                tail[p] = str(int(digests[n_full]))
+            if n_full == 0:
+                continue
             path = f"{DIGESTS_GROUP}/{p}"
             if path not in self.group:
                 _create_plain(self.group, path, (0,), (DIGEST_CHUNK,), "uint64")
             arr = self.group[path]
-            need = first_chunk + len(digests)
+            need = first_chunk + n_full
             if arr.shape[0] < need:
                 arr.resize((need,))
-            arr[first_chunk:need] = digests
+            arr[first_chunk:need] = digests[:n_full]
+        self.meta["commit"]["tail_digests"] = tail
 
     def _write_sequences(self) -> None:
         if not self._seq_row_start:

@@ -264,3 +264,31 @@ def test_full_disk_during_append_keeps_committed_rows(small_disk):
     assert 2048 <= store.n_tokens < 2048 * len(written)
     np.testing.assert_array_equal(store.read_acts(HOOK, 0, store.n_tokens), np.concatenate(written)[: store.n_tokens])
     assert tools.verify(path)["ok"]
+
+
+def test_a_corrupt_chunk_is_a_clear_read_error(tmp_path):
+    from osae.store.loader import LoaderConfig, ShuffledLoader
+
+    make_store(tmp_path / "s.zarr", n_seqs=100, eval_fraction=0.0)
+    shard = tmp_path / "s.zarr" / "acts" / HOOK / "c" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    store = ActivationStore(tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match="osae store verify"):
+        store.read_acts(HOOK, 0, 10)
+    with pytest.raises(StoreError, match="cannot read rows 0:256"):
+        for _ in ShuffledLoader(store, HOOK, LoaderConfig(batch_size=64)).epoch_batches():
+            pass
+
+
+def test_a_read_only_location_is_refused_clearly(tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)]).returncode:
+        pytest.skip("needs root to mount a read-only tmpfs")
+    try:
+        with pytest.raises(StoreError, match="cannot write to .*Read-only file system"):
+            StoreWriter.create(mount / "s.zarr", hooks={HOOK: hook_spec(3, 8, "float32")}, has_tokens=False)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
