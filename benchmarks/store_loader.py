@@ -60,13 +60,16 @@ def sequential_read(store: ActivationStore) -> float:
     return store.n_tokens * store.d_model(HOOK) * 2 / (time.perf_counter() - t0) / 1e9
 
 
-def loader_epoch(store: ActivationStore, dtype: str, buffer_bytes: int) -> tuple[float, int]:
+def loader_epochs(store: ActivationStore, dtype: str, buffer_bytes: int, epochs: int = 2) -> list[float]:
+    """GB/s (of stored bytes delivered) of consecutive epochs of one loader; the first includes allocating
+    and first touching the buffers."""
     ld = ShuffledLoader(store, HOOK, LoaderConfig(batch_size=4096, buffer_bytes=buffer_bytes, dtype=dtype))
-    t0 = time.perf_counter()
-    n = 0
-    for x in ld.epoch_batches():
-        n += len(x)
-    return n * store.d_model(HOOK) * 2 / (time.perf_counter() - t0) / 1e9, n
+    rates = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        n = sum(len(x) for x in ld.epoch_batches())
+        rates.append(n * store.d_model(HOOK) * 2 / (time.perf_counter() - t0) / 1e9)
+    return rates
 
 
 def shuffle_quality(store: ActivationStore, buffer_bytes: int, max_batches: int = 300) -> dict:
@@ -83,7 +86,7 @@ def shuffle_quality(store: ActivationStore, buffer_bytes: int, max_batches: int 
     ideal = [len(np.unique(seq_of_row(perm[i : i + 4096]))) for i in range(0, 4096 * len(got), 4096)]
     return {"buffer_MiB": buffer_bytes / 2**20, "distinct_per_batch": float(np.mean(got)),
             "ideal_uniform": float(np.mean(ideal)), "ratio": float(np.mean(got) / np.mean(ideal)),
-            "live_chunks": ld.live_chunks}
+            "buffer_rows": ld.n_slots}
 
 
 def topk_training(store: ActivationStore, steps: int, K: int = 16384, k: int = 32) -> dict:
@@ -131,13 +134,20 @@ def main() -> None:
     res["write_GBps"] = build_store(path, args.rows, args.d)
     store = ActivationStore(path)
     res["store_GiB"] = store.n_tokens * args.d * 2 / 2**30
-    seq1 = sequential_read(store)
-    fp32, n = loader_epoch(store, "float32", 2**30)
-    f16, _ = loader_epoch(store, "store", 2**30)
-    seq2 = sequential_read(store)
-    res["sequential_read_GBps"] = [seq1, seq2]
-    res["loader_float32_GBps"], res["loader_float16_GBps"], res["loader_rows"] = fp32, f16, n
-    res["loader_vs_sequential"] = {"float32": fp32 / np.mean([seq1, seq2]), "float16": f16 / np.mean([seq1, seq2])}
+    seqs, fp32, f16 = [], [], []
+    for _ in range(2):  # interleaved, so that drift of the shared machine hits both sides
+        seqs.append(sequential_read(store))
+        fp32.append(loader_epochs(store, "float32", 2**30, epochs=3))
+        f16.append(loader_epochs(store, "store", 2**30, epochs=3))
+    seq = float(np.mean(seqs))
+    res["sequential_read_GBps"] = seqs
+    res["loader_float32_GBps_by_epoch"], res["loader_float16_GBps_by_epoch"] = fp32, f16
+    steady = lambda runs: float(np.mean([r for run in runs for r in run[1:]]))
+    first = lambda runs: float(np.mean([run[0] for run in runs]))
+    res["loader_vs_sequential"] = {
+        "float32_steady": steady(fp32) / seq, "float16_steady": steady(f16) / seq,
+        "float32_first_epoch": first(fp32) / seq, "float16_first_epoch": first(f16) / seq,
+    }
     res["shuffle_quality"] = [shuffle_quality(store, b) for b in (2**28, 2**29, 2**30, 2**31)]
     res["training"] = topk_training(store, args.train_steps)
     print(json.dumps(res, indent=2))

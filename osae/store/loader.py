@@ -1,16 +1,16 @@
 """Shuffled (B, d_model) batches of one hook, for training.
 
-Design (docs/store-format.md#loader). Reading whole chunks is the only fast way into Zarr, and rows of a
-chunk come from few sequences, so mixing needs many chunks in memory at once. The loader keeps M chunks
-*live* in a fixed set of bins; each chunk is decoded straight into its bin (no staging copy) and lives for
-L steps, giving one random piece of its rows to every step, so each step mixes rows of M chunks.
-Arrivals are staggered (one chunk ends, the next begins), which keeps M chunks live from the first step
-to the last. Consecutive rows of the step stream are cut into batches of B and permuted inside the batch.
+Design (docs/store-format.md#loader). Zarr is only fast when read chunk by chunk, and the rows of a chunk
+come from few sequences, so mixing has to happen in memory. The loader streams the epoch's chunks (a
+fresh random chunk order every epoch) into a *rolling buffer* of R slots: every batch takes B random
+slots, and the next B rows of the stream take their places. A row therefore stays a geometric number of
+batches, and the buffer holds the remains of many more sequences than R / context rows, which mixes about
+twice as well per byte as keeping whole chunks. When the stream ends the buffer is drained in random order.
 
-Every choice is a pure function of (seed, epoch, rank, chunk id, batch index), so the stream is
-reproducible and a resumed run recomputes where it was from two integers (epoch, batch) without having
-saved any buffer. Ranks take disjoint chunks (every world_size-th chunk of the epoch's permutation) and
-yield the same number of batches.
+Every choice is a pure function of (seed, epoch, rank, batch), so the stream is reproducible. A resumed run
+replays the slot bookkeeping (integers only) up to its batch, then reads just the chunks whose rows are
+still in the buffer; nothing but (epoch, batch) is saved. Ranks stream disjoint chunks (every
+world_size-th chunk of the epoch's order) and yield the same number of batches.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from osae.constants import ACTS_GROUP, DEFAULT_LOADER_BUFFER_BYTES
+from osae.store.direct import DirectChunkReader, direct_layout
 from osae.store.format import storage_dtype
 from osae.store.normalize import Normalizer
 from osae.store.reader import ActivationStore, to_torch
@@ -37,19 +38,23 @@ class LoaderConfig:
     batch_size: int = 4096
     """Rows (tokens) per batch."""
     buffer_bytes: int = DEFAULT_LOADER_BUFFER_BYTES
-    """Memory for live chunks, in bytes of stored activations; more chunks in memory mix batches better."""
+    """Shuffle buffer, in bytes of stored activations; a larger buffer mixes more sequences per batch."""
     seed: int = 0
-    """Drives the chunk order and the row permutations (with the epoch)."""
+    """Drives the chunk order and the slot choices (with the epoch)."""
     split: str = "train"
     """Which split to stream: train, eval or all."""
     drop_last: bool = True
     """Drop the last partial batch of an epoch (always on when world_size > 1)."""
     prefetch_chunks: int = 2
-    """Chunks read ahead of the live set."""
+    """Chunks read ahead of the buffer."""
     prefetch_batches: int = 2
     """Batches assembled ahead of the consumer."""
     dtype: str = "float32"
     """Dtype of the yielded batches (float32, or the stored dtype with 'store')."""
+    direct_reads: bool = True
+    """Read local uncompressed chunks straight into the buffer instead of through zarr."""
+    verify_checksums: bool = True
+    """Check every chunk's crc32c on the direct path (zarr always checks)."""
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -58,61 +63,67 @@ class LoaderConfig:
             raise ValueError(f"buffer_bytes must be positive; got {self.buffer_bytes}")
 
 
-@dataclass
-class EpochPlan:
-    """Which rows every step of one epoch takes, for one rank. All arrays are indexed by live-chunk order i."""
-
-    chunks: np.ndarray  # store chunk id of the i-th chunk of this rank's epoch
-    lo: np.ndarray  # first kept row of that chunk (absolute)
-    sizes: np.ndarray  # kept rows
-    start: np.ndarray  # first step the chunk is live
-    end: np.ndarray  # one past its last live step
-    step_rows: np.ndarray  # rows emitted by every step
-    n_live: int  # M: chunks live at once
-    n_batches: int
-
-    @property
-    def step_offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.step_rows)])
-
-
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key] + [0x05AE])
 
 
-def plan_epoch(
-    intervals: SplitIntervals, *, seed: int, epoch: int, rank: int, world_size: int,
-    batch_size: int, live_chunks: int, drop_last: bool,
-) -> EpochPlan:
+@dataclass
+class EpochStream:
+    """One rank's rows of one epoch, in stream order: chunk i contributes rows lo[i] .. lo[i] + sizes[i]."""
+
+    chunks: np.ndarray
+    lo: np.ndarray
+    sizes: np.ndarray
+    n_batches: int
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.sizes)])
+
+
+def epoch_stream(intervals: SplitIntervals, *, seed: int, epoch: int, rank: int, world_size: int,
+                 batch_size: int, drop_last: bool) -> EpochStream:
     order = _rng(seed, epoch).permutation(len(intervals.chunks))
     per_rank_rows = [int(intervals.sizes[order[r::world_size]].sum()) for r in range(world_size)]
     mine = order[rank::world_size]
-    chunks, lo, sizes = intervals.chunks[mine], intervals.lo[mine], intervals.sizes[mine]
-    n = len(chunks)
     if world_size > 1 or drop_last:
         n_batches = min(per_rank_rows) // batch_size
     else:
         n_batches = -(-per_rank_rows[rank] // batch_size)
-    m = max(1, min(live_chunks, n))
-    mean_rows = float(sizes.mean()) if n else 1.0
-    lifetime = max(m, int(round(m * mean_rows / batch_size)))
-    i = np.arange(n)
-    end = ((i + 1) * lifetime) // m
-    if n:
-        end[max(0, n - m) :] = max(1, (n * lifetime) // m)  # the last M chunks end together: no thin tail
-    start = np.zeros(n, dtype=np.int64)
-    start[m:] = end[: n - m]
-    n_steps = int(end[-1]) if n else 0
-    # Rows per step: chunk i gives sizes//K rows to each of its K steps, plus one to its first sizes%K.
-    k = end - start
-    base, extra = sizes // np.maximum(k, 1), sizes % np.maximum(k, 1)
-    diff = np.zeros(n_steps + 1, dtype=np.int64)
-    np.add.at(diff, start, base)
-    np.add.at(diff, end, -base)
-    np.add.at(diff, start, 1 * (extra > 0))
-    np.add.at(diff, start + extra, -1 * (extra > 0))
-    step_rows = np.cumsum(diff)[:n_steps]
-    return EpochPlan(chunks, lo, sizes, start, end, step_rows, m, n_batches)
+    return EpochStream(intervals.chunks[mine], intervals.lo[mine], intervals.sizes[mine], n_batches)
+
+
+class SlotPlan:
+    """The slot bookkeeping of the rolling buffer: which slots each batch takes and which stream rows refill
+    them. Integers only, so it can be replayed cheaply to resume."""
+
+    def __init__(self, total_rows: int, n_slots: int, batch_size: int, seed: int, epoch: int, rank: int):
+        self.total = total_rows
+        self.R = min(n_slots, total_rows)
+        self.B = batch_size
+        self.rng = _rng(seed, epoch, rank, 3)
+        self.slot_pos = np.arange(self.R, dtype=np.int64)  # stream position held by each slot (-1: empty)
+        self.stream_pos = self.R  # next stream position to enter the buffer
+        self.drain: np.ndarray | None = None  # slots left to emit once the stream is exhausted
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(slots to emit, the stream positions they held, refill count): the next `count` stream rows
+        go to slots[:count]."""
+        if self.drain is None and self.stream_pos < self.total:
+            slots = self.rng.choice(self.R, self.B, replace=False) if self.B < self.R else self.rng.permutation(self.R)
+            emitted = self.slot_pos[slots]
+            count = min(len(slots), self.total - self.stream_pos)
+            self.slot_pos[slots[count:]] = -1
+            self.slot_pos[slots[:count]] = np.arange(self.stream_pos, self.stream_pos + count)
+            self.stream_pos += count
+            return slots, emitted, count
+        if self.drain is None:
+            live = np.nonzero(self.slot_pos >= 0)[0]
+            self.drain = live[self.rng.permutation(len(live))]
+        slots, self.drain = self.drain[: self.B], self.drain[self.B :]
+        emitted = self.slot_pos[slots]
+        self.slot_pos[slots] = -1
+        return slots, emitted, 0
 
 
 class ShuffledLoader:
@@ -147,9 +158,35 @@ class ShuffledLoader:
         self.d = store.d_model(self.hook)
         self.store_dtype = store.dtype(self.hook)
         row_bytes = self.d * storage_dtype(self.store_dtype).itemsize
-        self.live_chunks = max(1, self.cfg.buffer_bytes // (row_bytes * store.chunk_rows))
+        self.n_slots = max(self.cfg.batch_size, self.cfg.buffer_bytes // row_bytes)
+        self.max_slots = min(self.n_slots, self.intervals.n_rows)
         self.epoch, self.batch = 0, 0
-        self._thread_error: BaseException | None = None
+        self._buffers: dict[str, np.ndarray] = {}
+        self._active: "_EpochRun | None" = None
+
+    def _arena(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        """Buffers live as long as the loader: first-touch page faults of a fresh GiB buffer cost more than
+        a whole epoch of small stores on this machine, and must not be paid every epoch."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != np.dtype(dtype):
+            buf = np.empty(shape, dtype=dtype)
+            buf.reshape(-1)[:: max(1, 4096 // buf.itemsize)] = 0  # touch every page once, now
+            self._buffers[name] = buf
+        return buf
+
+    def _direct_reader(self):
+        """A zarr-bypassing chunk reader for local uncompressed stores (osae.store.direct), or None."""
+        path = f"{ACTS_GROUP}/{self.hook}"
+        layout = direct_layout(self.store, path) if self.cfg.direct_reads else None
+        return DirectChunkReader(self.store, path, layout, verify=self.cfg.verify_checksums) if layout else None
+
+    def _start(self, stream: "EpochStream") -> "_EpochRun":
+        """A run over the rest of the current epoch; a run left unfinished by the caller is stopped first,
+        since runs share the loader's buffers."""
+        if self._active is not None:
+            self._active.close()
+        self._active = _EpochRun(self, stream, self.epoch, self.batch)
+        return self._active
 
     # -- position -----------------------------------------------------------------------------
     def state(self) -> dict:
@@ -167,161 +204,187 @@ class ShuffledLoader:
                 raise ValueError(f"loader state was saved with {key}={state.get(key)}, this loader has {mine}")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
-    def plan(self, epoch: int) -> EpochPlan:
-        return plan_epoch(
+    def stream(self, epoch: int) -> EpochStream:
+        return epoch_stream(
             self.intervals, seed=self.cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
-            batch_size=self.cfg.batch_size, live_chunks=self.live_chunks, drop_last=self.cfg.drop_last,
+            batch_size=self.cfg.batch_size, drop_last=self.cfg.drop_last,
         )
 
     def batches_per_epoch(self) -> int:
-        return self.plan(self.epoch).n_batches
+        return self.stream(self.epoch).n_batches
 
     # -- iteration ----------------------------------------------------------------------------
     def __iter__(self):
         while True:
-            plan = self.plan(self.epoch)
-            if plan.n_batches == 0:
+            stream = self.stream(self.epoch)
+            if stream.n_batches == 0:
                 raise ValueError(
                     f"the '{self.cfg.split}' split has fewer rows than one batch of {self.cfg.batch_size} per rank"
                 )
-            if self.batch < plan.n_batches:
-                for item in _EpochRun(self, plan, self.epoch, self.batch):
+            if self.batch < stream.n_batches:
+                for item in self._start(stream):
                     self.batch += 1
                     yield item
             self.epoch, self.batch = self.epoch + 1, 0
 
     def epoch_batches(self):
         """Only the rest of the current epoch."""
-        plan = self.plan(self.epoch)
-        for item in _EpochRun(self, plan, self.epoch, self.batch):
+        stream = self.stream(self.epoch)
+        for item in self._start(stream):
             self.batch += 1
             yield item
         self.epoch, self.batch = self.epoch + 1, 0
 
 
+class _ChunkReader(threading.Thread):
+    """Reads the stream's chunks in order into a ring of staging bins (decoded in place, no extra copy)."""
+
+    def __init__(self, run: "_EpochRun", first_chunk: int, n_bins: int):
+        super().__init__(daemon=True, name="osae-reader")
+        self.run_ = run
+        self.first_chunk = first_chunk
+        cr = run.ld.store.chunk_rows
+        self.bins = run.ld._arena("bins", (n_bins, cr, run.ld.d), storage_dtype(run.ld.store_dtype))
+        self.free: queue.Queue = queue.Queue()
+        for b in range(n_bins):
+            self.free.put(b)
+        self.ready: queue.Queue = queue.Queue()
+
+    def run(self) -> None:
+        run, st = self.run_, self.run_.stream
+        store = run.ld.store
+        path = f"{ACTS_GROUP}/{run.ld.hook}"
+        direct = run.ld._direct_reader()
+        cr = store.chunk_rows
+        try:
+            for i in range(self.first_chunk, len(st.chunks)):
+                b = None
+                while b is None:
+                    if run.stop.is_set():
+                        return
+                    try:
+                        b = self.free.get(timeout=0.5)
+                    except queue.Empty:
+                        pass
+                c = int(st.chunks[i])
+                c_lo, c_hi = store.chunk_bounds(c)
+                if direct is not None:
+                    direct.read_chunk_into(c, self.bins[b])
+                else:
+                    store.read_rows(path, c_lo, c_hi, out=self.bins[b, : c_hi - c_lo])
+                skip = int(st.lo[i]) - c_lo
+                self.ready.put((b, skip, skip + int(st.sizes[i])))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self.ready.put(exc)
+
+    def take(self):
+        while True:
+            try:
+                item = self.ready.get(timeout=0.5)
+            except queue.Empty:
+                if self.run_.stop.is_set():
+                    raise _Stopped() from None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+
+class _Stopped(Exception):
+    pass
+
+
 class _EpochRun:
     """The threads and buffers that produce one epoch's batches from `first_batch` on."""
 
-    def __init__(self, loader: ShuffledLoader, plan: EpochPlan, epoch: int, first_batch: int):
-        self.ld, self.plan, self.epoch, self.first_batch = loader, plan, epoch, first_batch
+    def __init__(self, loader: ShuffledLoader, stream: EpochStream, epoch: int, first_batch: int):
+        self.ld, self.stream, self.epoch, self.first_batch = loader, stream, epoch, first_batch
         cfg = loader.cfg
         self.B = cfg.batch_size
-        self.cr = loader.store.chunk_rows
-        # A batch can need the chunks that start while its rows are drawn: about B / (rows per chunk).
-        mean_rows = max(1.0, float(plan.sizes.mean())) if len(plan.sizes) else 1.0
-        spill = int(np.ceil(2 * self.B / mean_rows)) + 1
-        self.n_bins = min(len(plan.chunks), plan.n_live + cfg.prefetch_chunks + spill) or 1
-        dt = storage_dtype(loader.store_dtype)
-        self.bins = np.empty((self.n_bins * self.cr, loader.d), dtype=dt)
-        self.bins_t = to_torch(self.bins, loader.store_dtype)
-        self.offsets = plan.step_offsets
+        self.total = int(stream.sizes.sum())
+        self.plan = SlotPlan(self.total, loader.n_slots, self.B, cfg.seed, epoch, loader.rank)
         self.stop = threading.Event()
-        self.cond = threading.Condition()
-        self.loaded = -1  # chunks 0..loaded are in their bins
-        self.released = -1  # chunks 0..released may be overwritten
         self.out_q: queue.Queue = queue.Queue(maxsize=cfg.prefetch_batches)
-        out_dtype = getattr(torch, cfg.dtype) if cfg.dtype != "store" else self.bins_t.dtype
-        self.pool = [torch.empty((self.B, loader.d), dtype=out_dtype) for _ in range(cfg.prefetch_batches + 2)]
-        self.staging = torch.empty((self.B, loader.d), dtype=self.bins_t.dtype)
-        self.perms: dict[int, np.ndarray] = {}
+        dt = storage_dtype(loader.store_dtype)
+        self.buffer = loader._arena("buffer", (loader.max_slots, loader.d), dt)[: self.plan.R]
+        self.buffer_t = to_torch(self.buffer, loader.store_dtype)
+        out_dtype = getattr(torch, cfg.dtype) if cfg.dtype != "store" else self.buffer_t.dtype
+        n_out = cfg.prefetch_batches + 2
+        pool = loader._arena(f"pool-{cfg.dtype}", (n_out, self.B, loader.d), np.dtype("float32") if out_dtype == torch.float32 else dt)
+        pool_t = torch.from_numpy(pool) if out_dtype == torch.float32 else to_torch(pool, loader.store_dtype)
+        self.pool = list(pool_t.to(out_dtype) if pool_t.dtype != out_dtype else pool_t)
+        self.staging = to_torch(loader._arena("staging", (self.B, loader.d), dt), loader.store_dtype)
+        self.offsets = stream.offsets
 
-    # The rows of step t: for each live chunk, its piece (t - start) of a fixed permutation of its rows.
-    def _step_rows(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        p = self.plan
-        first = int(np.searchsorted(p.end, t, side="right"))
-        last = int(np.searchsorted(p.start, t, side="right"))
-        idx, rows = [], []
-        for i in range(first, last):
-            k = int(p.end[i] - p.start[i])
-            j = t - int(p.start[i])
-            n = int(p.sizes[i])
-            base, extra = divmod(n, k)
-            a = j * base + min(j, extra)
-            b = a + base + (1 if j < extra else 0)
-            perm = self._perm(i)
-            piece = perm[a:b]
-            idx.append((i % self.n_bins) * self.cr + piece)
-            rows.append(p.lo[i] + piece)
-        if not idx:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        return np.concatenate(idx), np.concatenate(rows)
+    # -- the stream of rows coming out of the chunk reader --------------------------------------
+    def _open_stream(self, position: int) -> None:
+        """Position the chunk cursor at stream row `position` and start reading from its chunk."""
+        i = int(np.searchsorted(self.offsets, position, side="right")) - 1
+        i = min(i, len(self.stream.chunks))
+        self.cursor = (None, 0, 0)  # (bin, next row in bin, end row in bin)
+        self.reader = _ChunkReader(self, i, self.ld.cfg.prefetch_chunks + 1)
+        self.reader.start()
+        skip = position - int(self.offsets[i]) if i < len(self.stream.chunks) else 0
+        if skip:
+            self._take_rows(skip, None, None)
 
-    def _perm(self, i: int) -> np.ndarray:
-        if i not in self.perms:
-            chunk = int(self.plan.chunks[i])
-            self.perms[i] = _rng(self.ld.cfg.seed, self.epoch, chunk, 1).permutation(int(self.plan.sizes[i]))
-            for old in [k for k in self.perms if int(self.plan.end[k]) < int(self.plan.start[i]) - 1]:
-                del self.perms[old]
-        return self.perms[i]
+    def _take_rows(self, count: int, dest_slots: torch.Tensor | None, dest_start: int | None) -> None:
+        """Move the next `count` stream rows into buffer slots (`dest_slots`, or a contiguous range from
+        `dest_start`), or drop them when both are None."""
+        done = 0
+        while done < count:
+            b, k, n = self.cursor
+            if b is None or k == n:
+                if b is not None:
+                    self.reader.free.put(b)
+                b, k, n = self.reader.take()
+            take = min(count - done, n - k)
+            src = to_torch(self.reader.bins[b, k : k + take], self.ld.store_dtype)
+            if dest_slots is not None:
+                self.buffer_t.index_copy_(0, dest_slots[done : done + take], src)
+            elif dest_start is not None:
+                self.buffer_t[dest_start + done : dest_start + done + take].copy_(src)
+            self.cursor = (b, k + take, n)
+            done += take
 
-    def _reader(self, first_chunk: int, last_chunk: int) -> None:
+    # -- restoring the buffer at a batch boundary ----------------------------------------------
+    def _fill(self) -> None:
+        """Bring the buffer to its state before `first_batch`: replay the plan, then load its rows."""
+        plan = self.plan
+        for _ in range(self.first_batch):
+            plan.next_batch()
+        if self.first_batch == 0:
+            self._open_stream(0)
+            self._take_rows(plan.R, None, 0)
+            return
+        # Resume: read each chunk that still has rows in the buffer, once, and place them.
+        live = np.nonzero(plan.slot_pos >= 0)[0]
+        pos = plan.slot_pos[live]
+        chunk_of = np.searchsorted(self.offsets, pos, side="right") - 1
+        path = f"{ACTS_GROUP}/{self.ld.hook}"
+        for i in np.unique(chunk_of):
+            sel = chunk_of == i
+            lo = int(self.stream.lo[i])
+            rows = self.ld.store.read_rows(path, lo, lo + int(self.stream.sizes[i]))
+            within = pos[sel] - int(self.offsets[i])
+            self.buffer[live[sel]] = rows[within]
+        self._open_stream(min(plan.stream_pos, self.total))
+
+    def _assemble(self) -> None:
         try:
-            store, hook = self.ld.store, self.ld.hook
-            for i in range(first_chunk, last_chunk):
-                with self.cond:
-                    while i - self.n_bins > self.released and not self.stop.is_set():
-                        self.cond.wait(0.5)
+            self._fill()
+            for bi in range(self.first_batch, self.stream.n_batches):
                 if self.stop.is_set():
                     return
-                b = i % self.n_bins
-                lo, n = int(self.plan.lo[i]), int(self.plan.sizes[i])
-                store.read_rows(f"{ACTS_GROUP}/{hook}", lo, lo + n, out=self.bins[b * self.cr : b * self.cr + n])
-                with self.cond:
-                    self.loaded = i
-                    self.cond.notify_all()
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            self._fail(exc)
-
-    def _fail(self, exc: BaseException) -> None:
-        self.ld._thread_error = exc
-        self.stop.set()
-        with self.cond:
-            self.cond.notify_all()
-        try:
-            self.out_q.put_nowait(exc)
-        except queue.Full:
-            pass
-
-    def _assembler(self) -> None:
-        try:
-            p, B = self.plan, self.B
-            total = int(self.offsets[-1])
-            pos = self.first_batch * B
-            t = int(np.searchsorted(self.offsets, pos, side="right")) - 1
-            pend_idx, pend_rows, pend_start = np.empty(0, np.int64), np.empty(0, np.int64), int(self.offsets[t]) if len(self.offsets) > 1 else 0
-            for bi in range(self.first_batch, p.n_batches):
-                want_end = min((bi + 1) * B, total)
-                while pend_start + len(pend_idx) < want_end:
-                    idx, rows = self._step_rows(t)
-                    pend_idx = np.concatenate([pend_idx, idx])
-                    pend_rows = np.concatenate([pend_rows, rows])
-                    t += 1
-                a = bi * B - pend_start
-                b = want_end - pend_start
-                idx, rows = pend_idx[a:b], pend_rows[a:b]
-                pend_idx, pend_rows, pend_start = pend_idx[b:], pend_rows[b:], want_end
-                # Chunks that ended before this batch's first step are no longer needed; every chunk
-                # whose rows this batch takes must be in its bin.
-                first_step = int(np.searchsorted(self.offsets, bi * B, side="right")) - 1
-                need = int(np.searchsorted(p.start, t - 1, side="right")) - 1
-                with self.cond:
-                    self.released = max(self.released, int(np.searchsorted(p.end, first_step, side="right")) - 1)
-                    self.cond.notify_all()
-                    while self.loaded < need and not self.stop.is_set():
-                        self.cond.wait(0.5)
-                if self.stop.is_set():
-                    return
-                order = _rng(self.ld.cfg.seed, self.epoch, self.ld.rank, bi, 2).permutation(len(idx))
-                idx, rows = idx[order], rows[order]
-                out = self.pool[bi % len(self.pool)][: len(idx)]
-                staging = self.staging[: len(idx)]
-                torch.index_select(self.bins_t, 0, torch.from_numpy(idx), out=staging)
+                slots, emitted, count = self.plan.next_batch()
+                slots_t = torch.from_numpy(slots)
+                out = self.pool[bi % len(self.pool)][: len(slots)]
+                staging = self.staging[: len(slots)]
+                torch.index_select(self.buffer_t, 0, slots_t, out=staging)
                 self.ld.normalizer.into(staging, out)
-                done_step = int(np.searchsorted(self.offsets, want_end, side="right")) - 1
-                with self.cond:
-                    self.released = max(self.released, int(np.searchsorted(p.end, done_step, side="right")) - 1)
-                    self.cond.notify_all()
-                item = (out, rows) if self.ld.with_rows else out
+                if count:
+                    self._take_rows(count, slots_t, None)
+                item = (out, _rows_at(self.stream, self.offsets, emitted)) if self.ld.with_rows else out
                 while not self.stop.is_set():
                     try:
                         self.out_q.put(item, timeout=0.5)
@@ -329,25 +392,17 @@ class _EpochRun:
                     except queue.Full:
                         continue
             self.out_q.put(None)
-        except BaseException as exc:
-            self._fail(exc)
+        except _Stopped:
+            return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self.stop.set()
+            self.out_q.put(exc)
 
     def __iter__(self):
-        p = self.plan
-        if self.first_batch >= p.n_batches:
+        if self.first_batch >= self.stream.n_batches:
             return
-        pos = self.first_batch * self.B
-        t0 = int(np.searchsorted(self.offsets, pos, side="right")) - 1
-        first_chunk = int(np.searchsorted(p.end, t0, side="right"))  # first chunk still live at t0
-        self.released = first_chunk - 1
-        final_row = min(p.n_batches * self.B, int(self.offsets[-1])) - 1
-        last_step = int(np.searchsorted(self.offsets, final_row, side="right")) - 1
-        last_chunk = int(np.searchsorted(p.start, last_step, side="right"))
-        self.loaded = first_chunk - 1
-        reader = threading.Thread(target=self._reader, args=(first_chunk, last_chunk), daemon=True, name="osae-reader")
-        assembler = threading.Thread(target=self._assembler, daemon=True, name="osae-assembler")
-        reader.start()
-        assembler.start()
+        self.assembler = threading.Thread(target=self._assemble, daemon=True, name="osae-assembler")
+        self.assembler.start()
         try:
             while True:
                 item = self.out_q.get()
@@ -357,16 +412,24 @@ class _EpochRun:
                     raise item
                 yield item
         finally:
-            self.stop.set()
-            with self.cond:
-                self.cond.notify_all()
-            while True:  # unblock the assembler if it waits on a full queue
-                try:
+            self.close()
+
+    def close(self) -> None:
+        """Stop both threads and wait for them, so the shared buffers are free."""
+        self.stop.set()
+        for thread in (getattr(self, "assembler", None), getattr(self, "reader", None)):
+            while thread is not None and thread.is_alive():
+                try:  # unblock the assembler if it waits on a full queue
                     self.out_q.get_nowait()
                 except queue.Empty:
-                    break
-            assembler.join(timeout=10)
-            reader.join(timeout=10)
+                    pass
+                thread.join(timeout=0.1)
+
+
+def _rows_at(stream: EpochStream, offsets: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Store row numbers of stream positions."""
+    i = np.searchsorted(offsets, pos, side="right") - 1
+    return stream.lo[i] + (pos - offsets[i])
 
 
 def iter_split_rows(store: ActivationStore, hook: str, split: str = "eval", max_rows: int | None = None):

@@ -80,12 +80,18 @@ def filesystem(loc: Location):
         ) from None
 
 
+def require_writable(loc: Location) -> None:
+    """Refuse, before anything is attempted, to write where the protocol cannot write (http(s)://)."""
+    if loc.protocol in READ_ONLY_PROTOCOLS:
+        raise StoreError(f"{loc.url} is read-only ({loc.protocol}); write to a local path or s3:// instead")
+
+
 def zarr_store(loc: Location, *, read_only: bool) -> zarr.abc.store.Store:
     """A zarr store object for the location."""
     if loc.is_local:
         return zarr.storage.LocalStore(loc.path, read_only=read_only)
-    if not read_only and loc.protocol in READ_ONLY_PROTOCOLS:
-        raise StoreError(f"{loc.url} is read-only ({loc.protocol}); write to a local path or s3:// instead")
+    if not read_only:
+        require_writable(loc)
     try:
         return zarr.storage.FsspecStore.from_url(
             loc.url, storage_options=storage_options(loc), read_only=read_only

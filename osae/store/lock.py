@@ -18,7 +18,7 @@ import uuid
 
 from osae.constants import LOCK_FILE, REMOTE_LEASE_FILE, REMOTE_LEASE_SECONDS
 from osae.errors import StoreError, StoreLockedError
-from osae.store.location import Location, filesystem, join
+from osae.store.location import Location, filesystem, join, require_writable
 
 
 class WriterLock:
@@ -98,6 +98,7 @@ class WriterLock:
             f.write(json.dumps(body).encode())
 
     def _acquire_remote(self) -> None:
+        require_writable(self.loc)  # a lease cannot be written over http(s)://: say "read-only", not NotImplementedError
         fs = filesystem(self.loc)
         path = join(self.loc, REMOTE_LEASE_FILE)
         lease = self._read_lease(fs, path)

@@ -23,6 +23,7 @@ from osae.constants import (
     DIGESTS_GROUP,
     GROUND_TRUTH_GROUP,
     LOCK_FILE,
+    REMOTE_LEASE_FILE,
     SEQUENCES_GROUP,
     STORE_ATTR_KEY,
 )
@@ -406,4 +407,8 @@ def _remove_store(loc: Location) -> None:
                 continue
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     else:
-        filesystem(loc).rm(loc.url, recursive=True)
+        # Keep our own lease: removing it with the store would let a second writer in while we write.
+        fs = filesystem(loc)
+        for child in fs.ls(loc.url, detail=False):
+            if child.rstrip("/").rsplit("/", 1)[-1] != REMOTE_LEASE_FILE:
+                fs.rm(child, recursive=True)

@@ -159,3 +159,53 @@ def test_a_split_smaller_than_a_batch_is_a_clear_error(store):
     ld = ShuffledLoader(s, HOOK, LoaderConfig(batch_size=10**7))
     with pytest.raises(ValueError, match="fewer rows than one batch"):
         next(iter(ld))
+
+
+def test_direct_chunk_reads_equal_zarr_reads(tmp_path):
+    from osae.store.direct import DirectChunkReader, direct_layout
+
+    data = make_store(tmp_path / "s.zarr", n_seqs=130, ctx=25, d=16, dtype="bfloat16", chunk_rows=256)
+    s = ActivationStore(tmp_path / "s.zarr")
+    layout = direct_layout(s, f"acts/{HOOK}")
+    assert layout is not None and s.n_tokens % 256 != 0  # the last chunk is partial
+    reader = DirectChunkReader(s, f"acts/{HOOK}", layout)
+    out = s.empty_rows(HOOK, 256)
+    for c in range(s.n_chunks):
+        reader.read_chunk_into(c, out)
+        lo, hi = s.chunk_bounds(c)
+        np.testing.assert_array_equal(out[: hi - lo], data["acts"][HOOK][lo:hi])
+    make_store(tmp_path / "z.zarr", n_seqs=20, compressor="zstd")
+    assert direct_layout(ActivationStore(tmp_path / "z.zarr"), f"acts/{HOOK}") is None
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_zarr_and_direct_paths_give_the_same_stream(store, direct):
+    s, data = store
+    ref = [r.copy() for _, r in _epoch(s, seed=5)[1]]
+    cfg = LoaderConfig(batch_size=100, buffer_bytes=8 * 256 * 16 * 4, drop_last=False, seed=5, direct_reads=direct,
+                       verify_checksums=False)
+    got = [(x.clone(), r.copy()) for x, r in ShuffledLoader(s, HOOK, cfg, with_rows=True).epoch_batches()]
+    for (x, r), r0 in zip(got, ref):
+        np.testing.assert_array_equal(r, r0)
+        np.testing.assert_array_equal(x.numpy(), data["acts"][HOOK][r])
+
+
+def test_a_compressed_store_streams_through_zarr(tmp_path):
+    data = make_store(tmp_path / "z.zarr", n_seqs=80, compressor="zstd", dtype="float32", eval_fraction=0.0)
+    s = ActivationStore(tmp_path / "z.zarr")
+    ld = ShuffledLoader(s, HOOK, LoaderConfig(batch_size=64, drop_last=False), with_rows=True)
+    rows = []
+    for x, r in ld.epoch_batches():
+        np.testing.assert_array_equal(x.numpy(), data["acts"][HOOK][r])
+        rows.append(r.copy())
+    assert np.array_equal(np.sort(np.concatenate(rows)), np.arange(s.n_tokens))
+
+
+def test_abandoning_an_epoch_midway_and_starting_again_is_safe(store):
+    s, data = store
+    ld = ShuffledLoader(s, HOOK, LoaderConfig(batch_size=64, drop_last=False), with_rows=True)
+    it = ld.epoch_batches()
+    next(it), next(it)
+    ld.epoch, ld.batch = 0, 0  # a caller rewinding by hand while the first run is still open
+    for x, r in ld.epoch_batches():
+        np.testing.assert_array_equal(x.numpy(), data["acts"][HOOK][r])

@@ -277,9 +277,10 @@ def test_a_corrupt_chunk_is_a_clear_read_error(tmp_path):
     store = ActivationStore(tmp_path / "s.zarr")
     with pytest.raises(StoreError, match="osae store verify"):
         store.read_acts(HOOK, 0, 10)
-    with pytest.raises(StoreError, match="cannot read rows 0:256"):
-        for _ in ShuffledLoader(store, HOOK, LoaderConfig(batch_size=64)).epoch_batches():
-            pass
+    for direct in (True, False):  # osae's direct chunk reads and zarr's
+        with pytest.raises(StoreError, match="cannot read (chunk 0|rows 0:256).*osae store verify"):
+            for _ in ShuffledLoader(store, HOOK, LoaderConfig(batch_size=64, direct_reads=direct)).epoch_batches():
+                pass
 
 
 def test_a_read_only_location_is_refused_clearly(tmp_path):

@@ -1,0 +1,383 @@
+"""Remote stores against real servers on loopback: moto's S3 server (a separate process) and a plain
+read-only HTTP server (a thread). Nothing in osae is mocked: every byte goes through fsspec and zarr."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from osae.errors import StoreError, StoreFormatError, StoreLockedError
+from osae.store import ActivationStore, StoreWriter, hook_spec, tools
+from osae.store.loader import LoaderConfig, ShuffledLoader
+from osae.store.split import split_intervals
+
+from .helpers import HOOK, make_store
+
+pytest.importorskip("s3fs")
+pytest.importorskip("aiohttp")
+pytest.importorskip("moto.server")
+boto3 = pytest.importorskip("boto3")
+
+BUCKET = "osae-test"
+SMALL = dict(n_seqs=60, ctx=16, d=16, chunk_rows=256)
+N_ROWS = SMALL["n_seqs"] * (SMALL["ctx"] - 1)
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+# -- servers --------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto server did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3 server on a free loopback port, with the AWS_* environment pointing at it.
+
+    Yields the endpoint URL; a bucket BUCKET exists. The environment is restored and the server
+    stopped at the end of the module.
+    """
+    port = _free_port()
+    # The server logs every request: to a file, never to a pipe nobody drains (a full pipe blocks it).
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    log_file = open(log, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for_port(port, proc, log)
+        endpoint = f"http://127.0.0.1:{port}"
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+                mp.setenv(k, v)
+            for k in ("AWS_ENDPOINT_URL_S3", "OSAE_STORAGE_OPTIONS", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+                mp.delenv(k, raising=False)
+            _s3_client(endpoint).create_bucket(Bucket=BUCKET)
+            yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()
+
+
+def _s3_client(endpoint: str):
+    """A plain boto3 client, independent of osae's fsspec path, to look at the bucket directly."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def _s3_keys(endpoint: str, prefix: str) -> set[str]:
+    pages = _s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+class _ReadOnlyRangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with byte ranges (as nginx, S3 websites or a CDN serve them); no writes; no log lines.
+
+    zarr's sharding reads a shard's index with a suffix range and its chunks with byte ranges, so a server
+    that ignored `Range` would not be a faithful static host.
+    """
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _refuse(self) -> None:
+        self.send_error(405, "read-only server")
+
+    do_PUT = do_POST = do_DELETE = do_PATCH = _refuse
+
+    def send_head(self):
+        rng = self.headers.get("Range")
+        path = self.translate_path(self.path)
+        if not rng or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+        if not m or (not m.group(1) and not m.group(2)):
+            self.send_error(416, "bad range")
+            return None
+        a, b = m.groups()
+        if not a:  # suffix: the last b bytes
+            start, end = max(0, size - int(b)), size - 1
+        else:
+            start, end = int(a), min(int(b), size - 1) if b else size - 1
+        if start >= size or start > end:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        with open(path, "rb") as f:
+            f.seek(start)
+            body = f.read(end - start + 1)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+@pytest.fixture(scope="module")
+def http_root(tmp_path_factory):
+    """(directory, base URL): the directory is served read-only over plain HTTP on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("http-root")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_ReadOnlyRangeHandler, directory=str(root)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def http_store(http_root):
+    """A small local store written under the HTTP root: (URL, local path, the rows written)."""
+    root, base = http_root
+    data = make_store(root / "served.zarr", **SMALL)
+    return f"{base}/served.zarr", root / "served.zarr", data
+
+
+@pytest.fixture()
+def closed_port():
+    """A loopback port bound but not listening: connecting is refused, and no one else can take it meanwhile."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def _assert_same_rows(store: ActivationStore, data: dict) -> None:
+    assert store.complete and store.n_tokens == N_ROWS and store.n_sequences == SMALL["n_seqs"]
+    np.testing.assert_array_equal(store.read_acts(HOOK, 0, store.n_tokens), data["acts"][HOOK])
+    for k in ("tokens", "seq_id", "position"):
+        np.testing.assert_array_equal(store.read_rows(k, 0, store.n_tokens), data[k])
+    np.testing.assert_array_equal(store.array("sequences/row_start")[:], np.arange(SMALL["n_seqs"]) * (SMALL["ctx"] - 1))
+
+
+def _osae(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "osae.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OSAE_DEBUG": ""}, cwd=Path(__file__).parents[2])
+
+
+# -- S3 -------------------------------------------------------------------------------------------
+def test_s3_store_round_trip_info_verify_and_fingerprint(s3_server, tmp_path):
+    url = f"s3://{BUCKET}/x.zarr"
+    data = make_store(url, **SMALL)
+    keys = _s3_keys(s3_server, "x.zarr/")
+    assert "x.zarr/zarr.json" in keys and any(k.startswith(f"x.zarr/acts/{HOOK}/c/") for k in keys)
+    assert not any("lease" in k for k in keys), "a closed writer leaves no lease behind"
+
+    store = ActivationStore(url)
+    _assert_same_rows(store, data)
+
+    local = make_store(tmp_path / "local.zarr", **SMALL)  # the same seed: the same content
+    np.testing.assert_array_equal(local["acts"][HOOK], data["acts"][HOOK])
+    remote_info, local_info = tools.info(url), tools.info(tmp_path / "local.zarr")
+    assert remote_info["location"] == url
+    assert remote_info["n_tokens"] == N_ROWS and remote_info["complete"]
+    assert remote_info["fingerprint"] is not None
+    assert remote_info["fingerprint"] == local_info["fingerprint"]
+    # Listing sizes works on S3 and the row arrays take the same bytes as on disk.
+    assert remote_info["nbytes_stored"] == local_info["nbytes_stored"] > 0
+    assert remote_info["nbytes_total"] > remote_info["nbytes_stored"]
+
+    report = tools.verify(url)
+    assert report["ok"], report["bad_chunks"]
+    assert report["checked_chunks"] == store.n_chunks * 4
+    assert report["fingerprint"] == local_info["fingerprint"]
+
+
+def test_s3_endpoint_from_osae_storage_options(s3_server, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("OSAE_STORAGE_OPTIONS", json.dumps({"client_kwargs": {"endpoint_url": s3_server}}))
+    url = f"s3://{BUCKET}/opts.zarr"
+    data = make_store(url, n_seqs=10, ctx=16, d=16, chunk_rows=256)
+    np.testing.assert_array_equal(ActivationStore(url).read_acts(HOOK, 0, 150), data["acts"][HOOK])
+    monkeypatch.setenv("OSAE_STORAGE_OPTIONS", "{not json")
+    with pytest.raises(StoreError, match="OSAE_STORAGE_OPTIONS is not valid JSON"):
+        ActivationStore(url)
+
+
+def test_missing_s3_store_is_a_clear_error(s3_server):
+    with pytest.raises(StoreFormatError, match="no store at"):
+        ActivationStore(f"s3://{BUCKET}/does-not-exist.zarr")
+
+
+@pytest.mark.parametrize("compressor", ["none", "zstd"])
+def test_copy_local_to_s3_to_local(s3_server, tmp_path, compressor):
+    src = tmp_path / "src.zarr"
+    data = make_store(src, **SMALL)
+    remote = f"s3://{BUCKET}/copy-{compressor}.zarr"
+    up = tools.copy(src, remote, compressor=compressor)
+    assert up["ok"] and up["same_content"], up
+    assert tools.info(remote)["compressor"] == compressor
+    down = tools.copy(remote, tmp_path / "back.zarr")
+    assert down["ok"] and down["same_content"], down
+    assert down["fingerprint"] == up["fingerprint"] == tools.info(src)["fingerprint"]
+    back = ActivationStore(tmp_path / "back.zarr")
+    assert back.meta["compressor"] == compressor
+    _assert_same_rows(back, data)
+    # Copying onto an existing remote store needs overwrite, and then works.
+    with pytest.raises(StoreError, match="already exists"):
+        tools.copy(src, remote)
+    again = tools.copy(src, remote, overwrite=True)
+    assert again["ok"] and again["same_content"]
+
+
+def test_remote_writer_lease_excludes_a_second_writer(s3_server):
+    url = f"s3://{BUCKET}/y.zarr"
+    make_store(url, n_seqs=5, ctx=16, d=16, chunk_rows=256, seed=1)
+    hooks = {HOOK: hook_spec(3, 16, "float16", "resid_post")}
+    first = StoreWriter.create(url, hooks=hooks, has_tokens=False, chunk_rows=256, overwrite=True)
+    try:
+        assert "y.zarr/osae-writer.lease.json" in _s3_keys(s3_server, "y.zarr/")
+        with pytest.raises(StoreLockedError, match="being written by"):
+            StoreWriter.create(url, hooks=hooks, has_tokens=False, chunk_rows=256, overwrite=True)
+        with pytest.raises(StoreLockedError):
+            StoreWriter.resume(url)
+        # The refused writers removed nothing: the holder still writes and commits.
+        first.write({HOOK: np.ones((10, 16), np.float16)})
+    finally:
+        first.close()
+    assert "y.zarr/osae-writer.lease.json" not in _s3_keys(s3_server, "y.zarr/")
+    assert ActivationStore(url).n_tokens == 10
+    second = StoreWriter.create(url, hooks=hooks, has_tokens=False, chunk_rows=256, overwrite=True)
+    second.write({HOOK: np.full((3, 16), 2, np.float16)})
+    second.close()
+    store = ActivationStore(url)
+    assert store.n_tokens == 3 and (store.read_acts(HOOK, 0, 3) == 2).all()
+
+
+def test_an_expired_remote_lease_is_taken_over(s3_server):
+    """A writer that died without releasing leaves a lease that stops counting once expired."""
+    url = f"s3://{BUCKET}/abandoned.zarr"
+    client = _s3_client(s3_server)
+    hooks = {HOOK: hook_spec(3, 16, "float16", "resid_post")}
+    lease = {"token": "dead", "holder": "pid 1 on gone", "expires": time.time() + 600}
+    client.put_object(Bucket=BUCKET, Key="abandoned.zarr/osae-writer.lease.json", Body=json.dumps(lease).encode())
+    with pytest.raises(StoreLockedError, match="pid 1 on gone"):
+        StoreWriter.create(url, hooks=hooks, has_tokens=False, chunk_rows=256)
+    lease["expires"] = time.time() - 1
+    client.put_object(Bucket=BUCKET, Key="abandoned.zarr/osae-writer.lease.json", Body=json.dumps(lease).encode())
+    w = StoreWriter.create(url, hooks=hooks, has_tokens=False, chunk_rows=256)
+    w.write({HOOK: np.ones((4, 16), np.float16)})
+    w.close()
+    assert ActivationStore(url).n_tokens == 4
+    assert "abandoned.zarr/osae-writer.lease.json" not in _s3_keys(s3_server, "abandoned.zarr/")
+
+
+# -- HTTP (read-only) ----------------------------------------------------------------------------
+def test_http_store_reads_verifies_and_reports_no_stored_size(http_store):
+    url, path, data = http_store
+    store = ActivationStore(url)
+    _assert_same_rows(store, data)
+    report = tools.verify(url)
+    assert report["ok"], report["bad_chunks"]
+    assert report["fingerprint"] == tools.info(path)["fingerprint"]
+    meta = tools.info(url)
+    assert meta["location"] == url and meta["n_tokens"] == N_ROWS
+    assert meta["nbytes_stored"] is None and meta["nbytes_total"] is None and meta["compression_ratio"] is None
+    assert meta["fingerprint"] == report["fingerprint"]
+
+
+def test_http_store_feeds_the_shuffled_loader(http_store):
+    url, _, data = http_store
+    store = ActivationStore(url)
+    cfg = LoaderConfig(batch_size=100, buffer_bytes=2 * 256 * 16 * 2, drop_last=False, prefetch_chunks=1, seed=3)
+    loader = ShuffledLoader(store, HOOK, cfg, with_rows=True)
+    seen, xs = [], []
+    for x, rows in loader.epoch_batches():
+        seen.append(np.asarray(rows).copy())
+        xs.append(x.numpy().copy())
+    rows = np.concatenate(seen)
+    iv = split_intervals(store, "train")
+    want = np.concatenate([np.arange(lo, hi) for lo, hi in zip(iv.lo, iv.hi)])
+    assert len(rows) == len(want) == iv.n_rows > 0
+    np.testing.assert_array_equal(np.sort(rows), want)  # every train row exactly once
+    np.testing.assert_array_equal(np.concatenate(xs), data["acts"][HOOK][rows].astype(np.float32))
+    assert not np.array_equal(rows, want), "rows come shuffled"
+
+
+def test_writing_to_http_is_refused_as_read_only(http_root):
+    _, base = http_root
+    hooks = {HOOK: hook_spec(3, 16, "float16", "resid_post")}
+    with pytest.raises(StoreError, match="read-only"):
+        StoreWriter.create(f"{base}/new.zarr", hooks=hooks, has_tokens=False)
+    with pytest.raises(StoreError, match="read-only"):
+        StoreWriter.resume(f"{base}/served.zarr")
+    assert not (http_root[0] / "new.zarr").exists()
+
+
+def test_unreachable_url_fails_fast_with_one_line(closed_port):
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as err:
+        ActivationStore(f"http://127.0.0.1:{closed_port}/x.zarr")
+    assert time.monotonic() - t0 < 30
+    msg = str(err.value)
+    assert "\n" not in msg and f"127.0.0.1:{closed_port}" in msg
+
+
+# -- CLI as real subprocesses ----------------------------------------------------------------------
+def test_cli_info_s3_and_verify_http(s3_server, http_store):
+    url = f"s3://{BUCKET}/cli.zarr"
+    make_store(url, **SMALL)
+    r = _osae("store", "info", url, "--json")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(r.stdout)
+    assert meta["n_tokens"] == N_ROWS and meta["location"] == url and meta["nbytes_stored"] > 0
+    r = _osae("store", "info", url)
+    assert r.returncode == 0, r.stderr
+    assert url in r.stdout and f"fingerprint  {meta['fingerprint']}" in r.stdout
+
+    http_url, _, _ = http_store
+    r = _osae("store", "verify", http_url)
+    assert r.returncode == 0, r.stderr
+    assert f"checked 16 chunks of {N_ROWS:,} tokens: ok" in r.stdout
+
+
+def test_cli_unreachable_url_is_one_error_line(closed_port):
+    r = _osae("store", "info", f"http://127.0.0.1:{closed_port}/x.zarr", timeout=60)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("osae: error:"), r.stderr
