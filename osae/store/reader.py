@@ -187,9 +187,13 @@ class ActivationStore:
         except (StoreError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # a failed checksum, a damaged shard or a lost connection
+            hint = "run `osae store verify` on it"
+            if self.loc.protocol in ("http", "https"):
+                # A server that ignores Range headers returns whole shards where zarr asked for byte ranges.
+                hint += ", and check that the server honours HTTP Range requests (plain `python -m http.server` does not)"
             raise StoreError(
                 f"cannot read rows {start}:{stop} of '{path}' in {self.loc.display} "
-                f"({type(exc).__name__}: {str(exc)[:160]}); run `osae store verify` on it"
+                f"({type(exc).__name__}: {str(exc)[:160]}); {hint}"
             ) from exc
 
     def read_chunk(self, path: str, c: int, out: np.ndarray | None = None) -> np.ndarray:
