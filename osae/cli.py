@@ -6,6 +6,7 @@ import typer
 
 from osae import __version__
 from osae.cli_common import setup_logging
+from osae.harvest.cli import harvest_cmd
 from osae.store.cli import app as store_app
 from osae.store.cli import toy_cmd
 
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command("harvest")(harvest_cmd)
 app.add_typer(store_app, name="store")
 app.command("toy")(toy_cmd)
 

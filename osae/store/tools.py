@@ -109,7 +109,7 @@ def verify(url, *, progress: bool = False) -> dict:
     bad: list[dict] = []
     checked = 0
     paths = row_array_paths(store)
-    bar = tqdm(total=store.n_chunks * len(paths), unit="chunk", desc="verify", disable=not progress)
+    bar = tqdm(total=store.n_chunks * len(paths), unit="chunk", desc="verify", disable=None if progress else True)
     for p in paths:
         digests = m.get(p)
         if digests is None:
@@ -152,7 +152,7 @@ def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, pr
     )
     try:
         step = store.shard_rows
-        bar = tqdm(total=store.n_tokens, unit="tok", unit_scale=True, desc="copy", disable=not progress)
+        bar = tqdm(total=store.n_tokens, unit="tok", unit_scale=True, desc="copy", disable=None if progress else True)
         if store.has_tokens:
             starts = store.array(f"{SEQUENCES_GROUP}/row_start")[: store.n_sequences]
             ctx = (store.array(f"{SEQUENCES_GROUP}/context")[: store.n_sequences]

@@ -303,16 +303,7 @@ class StoreWriter:
             digests = chunk_digests(self.buf[p][: stop - start], self.chunk_rows)
             if len(digests) > n_full:
                 tail[p] = str(int(digests[n_full]))
-            if n_full == 0:
-                continue
-            path = f"{DIGESTS_GROUP}/{p}"
-            if path not in self.group:
-                _create_plain(self.group, path, (0,), (DIGEST_CHUNK,), "uint64")
-            arr = self.group[path]
-            need = first_chunk + n_full
-            if arr.shape[0] < need:
-                arr.resize((need,))
-            arr[first_chunk:need] = digests[:n_full]
+            self._put_digests(p, first_chunk, digests[:n_full])
         self.meta["commit"]["tail_digests"] = tail
 
     def _write_sequences(self) -> None:
@@ -335,19 +326,56 @@ class StoreWriter:
         self._unbegun_starts = np.concatenate([self._unbegun_starts, starts])
 
     def _update_stats(self, lo: int, hi: int) -> None:
-        """Add rows [lo, hi) (all in the buffer) to the running per-hook sums, skipping non-finite rows."""
+        """Add rows [lo, hi) (all in the buffer) to the running per-hook sums."""
         for h, spec in self.hooks.items():
-            s = self._stats[h]
             rows = self.buf[f"{ACTS_GROUP}/{h}"][lo - self.buf_start : hi - self.buf_start]
-            for i in range(0, len(rows), self.chunk_rows):
-                x = to_float32(rows[i : i + self.chunk_rows], spec["dtype"]).astype(np.float64)
-                finite = np.isfinite(x).all(axis=1)
-                if not finite.all():
-                    s["nonfinite_rows"] += int((~finite).sum())
-                    x = x[finite]
-                s["count"] += len(x)
-                s["sum"] += x.sum(axis=0)
-                s["sum_sq"] += np.einsum("nd,nd->d", x, x)
+            merge_stats(self._stats[h], row_stats(rows, spec["dtype"], self.chunk_rows))
+
+    # -- shard-level writing, for several processes writing disjoint shards --------------------
+    def reserve(self, n_rows: int) -> None:
+        """Size every row array for `n_rows` rows, so that other processes can write whole shards."""
+        cap = -(-n_rows // self.shard_rows) * self.shard_rows
+        for p in self.paths:
+            arr = self.arrays[p]
+            if arr.shape[0] < cap:
+                arr.resize((cap, *arr.shape[1:]))
+
+    def commit_shards(self, n_tokens: int, payloads: list[dict]) -> None:
+        """Commit rows [0, n_tokens) written shard by shard (see `write_shard`), given every new shard's payload."""
+        try:
+            for pay in sorted(payloads, key=lambda p: p["shard"]):
+                first_chunk = pay["shard"] * self.shard_rows // self.chunk_rows
+                for p, digests in pay["digests"].items():
+                    n_full = min(len(digests), (n_tokens // self.chunk_rows) - first_chunk)
+                    self._put_digests(p, first_chunk, digests[:n_full])
+                    if n_full < len(digests):
+                        self.meta["commit"]["tail_digests"] = {
+                            **self.meta["commit"].get("tail_digests", {}), p: str(int(digests[n_full]))}
+                for h, st in pay["stats"].items():
+                    merge_stats(self._stats[h], st)
+                if pay.get("seq_starts") is not None and len(pay["seq_starts"]):
+                    self.add_sequences(pay["seq_starts"], pay.get("seq_context"))
+            if n_tokens % self.chunk_rows == 0:
+                self.meta["commit"]["tail_digests"] = {}
+            self._write_sequences()
+            self.committed = n_tokens
+            self.buf_start = (n_tokens // self.shard_rows) * self.shard_rows
+            self.buf_n = 0
+            self._write_commit()
+        except OSError as exc:
+            raise self._os_error(exc) from None
+
+    def _put_digests(self, p: str, first_chunk: int, digests: np.ndarray) -> None:
+        if len(digests) == 0:
+            return
+        path = f"{DIGESTS_GROUP}/{p}"
+        if path not in self.group:
+            _create_plain(self.group, path, (0,), (DIGEST_CHUNK,), "uint64")
+        arr = self.group[path]
+        need = first_chunk + len(digests)
+        if arr.shape[0] < need:
+            arr.resize((need,))
+        arr[first_chunk:need] = digests
 
     def _write_commit(self) -> None:
         commit = self.meta["commit"]
@@ -412,3 +440,50 @@ def _remove_store(loc: Location) -> None:
         for child in fs.ls(loc.url, detail=False):
             if child.rstrip("/").rsplit("/", 1)[-1] != REMOTE_LEASE_FILE:
                 fs.rm(child, recursive=True)
+
+
+def row_stats(rows: np.ndarray, dtype: str, block: int = 16384) -> dict:
+    """Per-dimension sums of finite rows (float64), their count, and how many rows were not finite."""
+    d = rows.shape[1]
+    out = {"count": 0, "sum": np.zeros(d), "sum_sq": np.zeros(d), "nonfinite_rows": 0}
+    for i in range(0, len(rows), block):
+        x = to_float32(rows[i : i + block], dtype).astype(np.float64)
+        finite = np.isfinite(x).all(axis=1)
+        if not finite.all():
+            out["nonfinite_rows"] += int((~finite).sum())
+            x = x[finite]
+        out["count"] += len(x)
+        out["sum"] += x.sum(axis=0)
+        out["sum_sq"] += np.einsum("nd,nd->d", x, x)
+    return out
+
+
+def merge_stats(into: dict, add: dict) -> None:
+    for key in ("count", "nonfinite_rows"):
+        into[key] += add[key]
+    for key in ("sum", "sum_sq"):
+        into[key] = np.asarray(into[key], np.float64) + np.asarray(add[key], np.float64)
+
+
+def write_shard(group: zarr.Group, meta: dict, shard: int, rows: dict[str, np.ndarray]) -> dict:
+    """Write whole shard `shard` of every row array (rows given per array path, at most one shard each)
+    and return its payload for `StoreWriter.commit_shards`: chunk digests and statistics.
+
+    Writers in different processes may call this at once for different shards: each shard file is
+    written in one assignment by one process (measured safe; partial shards are not)."""
+    shard_rows, chunk_rows = int(meta["shard_rows"]), int(meta["chunk_rows"])
+    start = shard * shard_rows
+    payload = {"shard": shard, "digests": {}, "stats": {}}
+    try:
+        for p, data in rows.items():
+            group[p][start : start + len(data)] = data
+            payload["digests"][p] = chunk_digests(data, chunk_rows)
+            if p.startswith(f"{ACTS_GROUP}/"):
+                hook = p.split("/", 1)[1]
+                payload["stats"][hook] = row_stats(data, meta["hooks"][hook]["dtype"], chunk_rows)
+    except OSError as exc:
+        if _disk_full(exc):
+            raise StoreError(f"disk full while writing shard {shard}; committed rows are intact: free space and "
+                             f"re-run to resume") from None
+        raise
+    return payload

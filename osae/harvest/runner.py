@@ -1,0 +1,379 @@
+"""Run a model over token windows and write the hooked activations to a store, in one or many processes.
+
+Layout: window w has the same `R` stored rows in every packed harvest (context_size - 1 without BOS), so
+its rows are [w * R, (w + 1) * R) whatever the process count. Work is split by shards: in round j, rank r
+computes shard `first + j * W + r` (the windows overlapping it) and writes that whole shard; rank 0 then
+commits the round (digests, statistics, sequences, row count) under the store's writer lock. A killed run
+leaves whole committed rounds; re-running the same command continues at the first uncommitted shard, and
+the result equals an uninterrupted run, with any number of processes.
+
+`document` windows have a variable number of rows; they are written by one process through the buffered
+writer, and resume by skipping the rows already committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from osae.errors import StoreError
+from osae.harvest.config import IDENTITY, HarvestConfig
+from osae.harvest.hooks import HookPoint, capture, find_blocks, run_to_hooks
+from osae.harvest.models import LoadedModel, load_model
+from osae.harvest.sources import resolve_source
+from osae.harvest.windows import SpecialTokens, iter_windows, stored_positions
+from osae.store.format import hook_spec
+from osae.store.location import parse_location, zarr_store
+from osae.store.reader import ActivationStore, open_group
+from osae.store.writer import StoreWriter, store_exists, write_shard
+
+log = logging.getLogger(__name__)
+
+
+# -- processes -------------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int]:
+    """(rank, world): joins the process group that `accelerate launch` / torchrun describe in the
+    environment (gloo on CPU, nccl on GPU); a single process otherwise."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast(obj, world: int):
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# -- the harvest -----------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    rows_per_window: int
+    n_windows: int
+    total_rows: int
+
+
+def _identity(cfg: HarvestConfig, lm: LoadedModel, source_desc: dict, store_dtype: str) -> dict:
+    values = {**cfg.to_dict(), "model_source": lm.source, "revision": lm.revision, "dataset": source_desc,
+              "store_dtype": store_dtype}
+    return {k: values[k] for k in IDENTITY}
+
+
+def _store_dtype(cfg: HarvestConfig, lm: LoadedModel) -> str:
+    if cfg.store_dtype != "auto":
+        return cfg.store_dtype
+    return "bfloat16" if lm.dtype == torch.bfloat16 else "float16"
+
+
+def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return x.to(torch.bfloat16).contiguous().view(torch.int16).cpu().numpy().view(np.uint16)
+    return x.to(getattr(torch, dtype)).cpu().numpy()
+
+
+def _open_or_create(cfg: HarvestConfig, identity: dict, hooks: dict, plan: Plan, provenance: dict) -> StoreWriter:
+    """Rank 0: a writer on a fresh store, or on the interrupted store of an identical earlier run."""
+    loc = parse_location(cfg.out)
+    if store_exists(loc) and not cfg.overwrite:
+        store = ActivationStore(cfg.out, quiet=True)
+        before = store.meta.get("provenance", {}).get("harvest_identity")
+        if before is None:
+            raise StoreError(f"{loc.display} exists and was not written by osae harvest; pass --overwrite to replace it")
+        diff = [_difference(k, before.get(k), identity[k]) for k in IDENTITY if before.get(k) != identity[k]]
+        if diff:
+            raise StoreError(f"{loc.display} was harvested with other arguments ({'; '.join(diff)}); "
+                             f"pass --overwrite to replace it or choose another --out")
+        if store.complete:
+            raise _AlreadyComplete(store.n_tokens)
+        log.info("resuming %s at %d committed tokens", loc.display, store.n_tokens)
+        return StoreWriter.resume(cfg.out)
+    return StoreWriter.create(
+        cfg.out, hooks=hooks, has_tokens=True, context_size=cfg.context_size, provenance=provenance,
+        compressor=cfg.compressor, expected_rows=plan.total_rows if cfg.windows == "packed" else cfg.tokens,
+        split={"rule": "hash-chunks", "eval_fraction": cfg.eval_fraction, "seed": 0}, overwrite=cfg.overwrite,
+    )
+
+
+def _difference(key: str, old, new) -> str:
+    """One readable item of an identity mismatch (datasets are named by id, not dumped)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if old.get("id") == new.get("id"):
+            return f"{key}: {old.get('id')!r} with other files or contents"
+        old, new = old.get("id"), new.get("id")
+    return f"{key}: {old!r} -> {new!r}"
+
+
+class _AlreadyComplete(Exception):
+    def __init__(self, n: int):
+        self.n = n
+
+
+def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict:
+    """Harvest `cfg.tokens` activations per hook into `cfg.out`. Returns a summary (rank 0)."""
+    rank, world = init_distributed()
+    device = cfg.device
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    lm = load_model(cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device,
+                    trust_remote_code=cfg.trust_remote_code)
+    n_blocks = len(find_blocks(lm.model)[0])
+    bad = [layer for layer in cfg.layers if layer >= n_blocks]
+    if bad:
+        raise ValueError(f"layer {bad[0]} is out of range: {lm.name} has layers 0..{n_blocks - 1}")
+    if world > 1 and cfg.windows != "packed":
+        raise ValueError("--windows document runs in one process; use packed windows with several processes")
+    points = [HookPoint(cfg.hook, layer) for layer in cfg.layers]
+    source = resolve_source(cfg.dataset, text_column=cfg.text_column, split=cfg.split, config=cfg.dataset_config)
+    source_desc = source.describe()
+    specials = SpecialTokens.of(lm.tokenizer)
+    has_bos = specials.bos is not None
+    rows_per_window = cfg.context_size - (0 if cfg.include_bos or not has_bos else 1)
+    n_windows = -(-cfg.tokens // rows_per_window)
+    plan = Plan(rows_per_window, n_windows, n_windows * rows_per_window)
+    store_dtype = _store_dtype(cfg, lm)
+    d_model = int(lm.model.config.hidden_size)
+    hooks = {p.name: hook_spec(p.layer, d_model, store_dtype, p.hook) for p in points}
+    identity = _identity(cfg, lm, source_desc, store_dtype)
+    provenance = {
+        "model": lm.describe(), "dataset": source_desc, "tokenizer": {
+            "name": getattr(lm.tokenizer, "name_or_path", None), "vocab_size": len(lm.tokenizer),
+            "bos_token_id": specials.bos, "eos_token_id": specials.eos, "pad_token_id": specials.pad},
+        "bos": "stored" if cfg.include_bos or not has_bos else "excluded (position 0 of every window)",
+        "padding": "never stored", "windows": cfg.windows, "harvest_args": cfg.to_dict(),
+        "harvest_identity": identity, "processes": world,
+    }
+
+    writer = None
+    status = {"error": None, "complete": None, "committed": 0}
+    if rank == 0:
+        try:
+            writer = _open_or_create(cfg, identity, hooks, plan, provenance)
+            if cfg.windows == "packed":
+                writer.reserve(plan.total_rows)
+            status["committed"] = writer.committed
+        except _AlreadyComplete as done:
+            status["complete"] = done.n
+        except Exception as exc:  # shared with the other ranks so that they stop too
+            status["error"] = exc
+    shared = _broadcast({k: (str(v) if k == "error" and v is not None else v) for k, v in status.items()}, world)
+    if status["error"] is not None:
+        raise status["error"]
+    if shared["error"] is not None:
+        raise StoreError(shared["error"])
+    if shared["complete"] is not None:
+        log.info("%s is already complete (%d tokens); nothing to do", cfg.out, shared["complete"])
+        return {"out": cfg.out, "n_tokens": shared["complete"], "already_complete": True}
+    try:
+        windows = iter_windows(lm.tokenizer, source.documents(), cfg.context_size, cfg.windows)
+        if cfg.windows == "packed":
+            _run_packed(cfg, lm, points, windows, plan, writer, shared["committed"], rank, world, store_dtype,
+                        has_bos, progress)
+        else:
+            _run_document(cfg, lm, points, windows, writer, store_dtype, has_bos, progress)
+        if rank == 0:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if rank == 0:
+        store = ActivationStore(cfg.out, quiet=True)
+        return {"out": cfg.out, "n_tokens": store.n_tokens, "hooks": sorted(store.hooks), "processes": world}
+    return {}
+
+
+def _forward_rows(lm: LoadedModel, points, batch: np.ndarray, positions: list[np.ndarray], store_dtype: str,
+                  cache: dict) -> dict[str, list[np.ndarray]]:
+    """Stored rows of every hook for a batch of windows (padding as the pad token, masked out)."""
+    ids = torch.from_numpy(np.where(batch >= 0, batch, 0)).long().to(lm.device)
+    mask = torch.from_numpy(batch >= 0).long().to(lm.device)
+    try:
+        acts = run_to_hooks(lm.model, ids, cache, attention_mask=mask)
+    except torch.cuda.OutOfMemoryError:
+        raise ValueError(f"out of GPU memory with --batch-size {len(batch)}; try --batch-size {max(1, len(batch) // 2)}") from None
+    out = {}
+    for p in points:
+        a = acts[p.name]
+        out[p.name] = [_to_storage(a[i, torch.from_numpy(pos).long()], store_dtype) for i, pos in enumerate(positions)]
+    return out
+
+
+def _window_batches(windows: Iterator[np.ndarray], wanted: Iterator[tuple[int, int]], batch_size: int):
+    """Yield lists of (window index, window) for the ascending window ranges in `wanted`."""
+    index = -1
+    pending: list[tuple[int, np.ndarray]] = []
+    for lo, hi in wanted:
+        for w in range(lo, hi):
+            while index < w:
+                try:
+                    window = next(windows)
+                except StopIteration:
+                    raise ValueError(f"the dataset ran out after {index + 1} windows; ask for fewer --tokens "
+                                     f"or give more text") from None
+                index += 1
+            pending.append((w, window))
+            if len(pending) == batch_size:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+            pending = []
+        yield None  # end of this range
+
+
+def _run_packed(cfg, lm, points, windows, plan: Plan, writer, committed: int, rank: int, world: int,
+                store_dtype: str, has_bos: bool, progress: bool) -> None:
+    loc = parse_location(cfg.out)
+    if rank == 0:
+        group, meta = writer.group, writer.meta
+    else:
+        group = open_group(loc, read_only=False)
+        meta = dict(group.attrs["osae"])
+    S, R = int(meta["shard_rows"]), plan.rows_per_window
+    n_shards = -(-plan.total_rows // S)
+    first = committed // S
+    my_shards = list(range(first + rank, n_shards, world))
+    n_rounds = -(-(n_shards - first) // world)
+
+    def shard_windows():
+        for k in my_shards:
+            lo, hi = k * S, min((k + 1) * S, plan.total_rows)
+            yield lo // R, -(-hi // R)
+
+    batches = _window_batches(windows, shard_windows(), cfg.batch_size)
+    bar = tqdm(total=plan.total_rows, initial=committed, unit="tok", unit_scale=True, desc="harvest",
+               disable=None if progress and rank == 0 else True, smoothing=0.1)
+    with _closing(bar), capture(lm.model, points) as store_cache:
+        for j in range(n_rounds):
+            k = first + j * world + rank
+            payload = None
+            if k < n_shards:
+                payload = _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, group, meta)
+            payloads = [p for p in _gather(payload, world) if p is not None]
+            if rank == 0:
+                done = min(plan.total_rows, (first + (j + 1) * world) * S)
+                writer.commit_shards(done, payloads)
+                bar.update(done - bar.n)
+
+
+class _closing:
+    """Close a progress bar; on an error, erase it so that the error stands alone on its line."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __enter__(self):
+        return self.bar
+
+    def __exit__(self, exc_type, *rest):
+        if exc_type is not None:
+            self.bar.leave = False
+        self.bar.close()
+
+
+def _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, group, meta) -> dict:
+    lo, hi = k * S, min((k + 1) * S, plan.total_rows)
+    w_lo = lo // R
+    acts = {p.name: [] for p in points}
+    tokens, seq_ids, positions = [], [], []
+    contexts, starts = [], []
+    while True:
+        item = next(batches)
+        if item is None:
+            break
+        batch = np.stack([w for _, w in item])
+        pos = [stored_positions(w, cfg.include_bos, has_bos) for _, w in item]
+        rows = _forward_rows(lm, points, batch, pos, store_dtype, store_cache)
+        for name in acts:
+            acts[name].extend(rows[name])
+        for (w, window), ps in zip(item, pos):
+            tokens.append(window[ps])
+            seq_ids.append(np.full(len(ps), w, np.int64))
+            positions.append(ps)
+            if lo <= w * R < hi:  # sequences are recorded by the shard holding their first row
+                starts.append(w * R)
+                contexts.append(window)
+    cut = slice(lo - w_lo * R, hi - w_lo * R)
+    data = {f"acts/{name}": np.concatenate(v)[cut] for name, v in acts.items()}
+    data["tokens"] = np.concatenate(tokens)[cut].astype(np.int32)
+    data["seq_id"] = np.concatenate(seq_ids)[cut]
+    data["position"] = np.concatenate(positions)[cut].astype(np.int32)
+    payload = write_shard(group, meta, k, data)
+    payload["seq_starts"] = np.asarray(starts, np.int64)
+    payload["seq_context"] = np.stack(contexts) if contexts else None
+    return payload
+
+
+def _run_document(cfg, lm, points, windows, writer: StoreWriter, store_dtype: str, has_bos: bool, progress: bool) -> None:
+    """One process: variable rows per window through the buffered writer; resume skips committed rows."""
+    skip = writer.committed
+    bar = tqdm(total=cfg.tokens, initial=min(skip, cfg.tokens), unit="tok", unit_scale=True, desc="harvest",
+               disable=None if progress else True)
+    row = 0
+    w_index = -1
+    with _closing(bar), capture(lm.model, points) as cache:
+        batch: list[tuple[int, np.ndarray]] = []
+
+        def flush(batch):
+            nonlocal row
+            arr = np.stack([w for _, w in batch])
+            pos = [stored_positions(w, cfg.include_bos, has_bos) for _, w in batch]
+            rows = _forward_rows(lm, points, arr, pos, store_dtype, cache)
+            for i, ((w, window), ps) in enumerate(zip(batch, pos)):
+                n = len(ps)
+                drop = max(0, min(n, skip - row))  # rows already committed by an earlier run
+                if drop < n:
+                    if drop == 0:
+                        writer.add_sequences(np.array([row]), window[None])
+                    writer.write({name: rows[name][i][drop:] for name in rows}, tokens=window[ps][drop:],
+                                 seq_id=np.full(n - drop, w, np.int64), position=ps[drop:])
+                    bar.update(n - drop)
+                row += n
+
+        for window in windows:
+            w_index += 1
+            batch.append((w_index, window))
+            est = row + sum(len(stored_positions(w, cfg.include_bos, has_bos)) for _, w in batch)
+            if len(batch) == cfg.batch_size or est >= cfg.tokens:
+                # Windows entirely below the committed rows need no forward pass.
+                sizes = [len(stored_positions(w, cfg.include_bos, has_bos)) for _, w in batch]
+                if row + sum(sizes) <= skip:
+                    row += sum(sizes)
+                else:
+                    flush(batch)
+                batch = []
+                if row >= cfg.tokens:
+                    break
+        else:
+            if batch:
+                flush(batch)
+            if row == 0:
+                raise ValueError("the dataset ran out after 0 windows: it holds no text")
+            if row < cfg.tokens:
+                log.warning("the dataset ran out after %d tokens (asked for %d)", row, cfg.tokens)
