@@ -37,6 +37,9 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except BrokenPipeError:  # the reader of our output went away (`| head`): not an error of ours
+            sys.stderr.close()
+            os._exit(0)
         except USER_ERRORS as exc:
             if os.environ.get("OSAE_DEBUG"):
                 raise

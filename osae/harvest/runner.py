@@ -150,6 +150,7 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict:
         raise ValueError("--windows document runs in one process; use packed windows with several processes")
     points = [HookPoint(cfg.hook, layer) for layer in cfg.layers]
     source = resolve_source(cfg.dataset, text_column=cfg.text_column, split=cfg.split, config=cfg.dataset_config)
+    documents = _non_empty(source.documents(), source.name)  # fails here, before any store is created
     source_desc = source.describe()
     specials = SpecialTokens.of(lm.tokenizer)
     has_bos = specials.bos is not None
@@ -190,7 +191,7 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict:
         log.info("%s is already complete (%d tokens); nothing to do", cfg.out, shared["complete"])
         return {"out": cfg.out, "n_tokens": shared["complete"], "already_complete": True}
     try:
-        windows = iter_windows(lm.tokenizer, source.documents(), cfg.context_size, cfg.windows)
+        windows = iter_windows(lm.tokenizer, documents, cfg.context_size, cfg.windows)
         if cfg.windows == "packed":
             _run_packed(cfg, lm, points, windows, plan, writer, shared["committed"], rank, world, store_dtype,
                         has_bos, progress)
@@ -206,6 +207,23 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict:
         store = ActivationStore(cfg.out, quiet=True)
         return {"out": cfg.out, "n_tokens": store.n_tokens, "hooks": sorted(store.hooks), "processes": world}
     return {}
+
+
+def _non_empty(documents: Iterator[str], name: str) -> Iterator[str]:
+    """The documents, after checking (by reading up to the first one with text) that there is some text."""
+    skipped = 0
+    for doc in documents:
+        if doc.strip():
+            break
+        skipped += 1
+    else:
+        raise ValueError(f"dataset {name} holds no text ({skipped} empty documents)")
+
+    def chained():
+        yield doc
+        yield from documents
+
+    return chained()
 
 
 def _forward_rows(lm: LoadedModel, points, batch: np.ndarray, positions: list[np.ndarray], store_dtype: str,

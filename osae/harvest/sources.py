@@ -122,6 +122,10 @@ def _read_hub(src: TextSource) -> Iterator[str]:
         import datasets
     except ImportError:
         raise ValueError("Hugging Face datasets need the `datasets` package: pip install datasets") from None
+    from osae.harvest.models import go_offline, hub_offline, hub_reachable
+
+    if not hub_offline() and not hub_reachable():
+        go_offline()  # cached datasets still load; others fail now instead of after retries
     try:
         ds = datasets.load_dataset(src.name, src.config, split=src.split, streaming=True, revision=src.revision)
     except Exception as exc:  # the hub client raises many types; all mean "cannot get this dataset"

@@ -192,7 +192,8 @@ def test_bad_input_gets_one_clear_line(models, texts, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("")
-    _one_line_error(["harvest", "--model", m, "--dataset", str(empty), "--out", out, "--layer", "1"], "ran out")
+    _one_line_error(["harvest", "--model", m, "--dataset", str(empty), "--out", out, "--layer", "1"], "holds no text")
+    assert not (tmp_path / "x.zarr").exists()  # nothing was created for a run that could not start
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text(json.dumps({"content": "def f(): pass"}) + "\n")
     _one_line_error(["harvest", "--model", m, "--dataset", str(jsonl), "--out", out + "2", "--layer", "1"], "no 'text' field")

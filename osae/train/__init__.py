@@ -1,0 +1,1 @@
+"""Training: SAE architectures and the trainer (no transformers imports here)."""

@@ -1,0 +1,32 @@
+"""Every SAE family, by name. The CLI's --arch choices, the checkpoint loader and the docs read this dict."""
+
+from __future__ import annotations
+
+from osae.train.architectures.base import SAE, SAEConfig
+from osae.train.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
+from osae.train.architectures.hybridorder import HybridOrderConfig, HybridOrderSAE
+from osae.train.architectures.matryoshka import (MatryoshkaConfig, MatryoshkaRandomConfig, MatryoshkaRandomSAE,
+                                                 MatryoshkaSAE)
+from osae.train.architectures.ordered import OrderedConfig, OrderedSAE
+from osae.train.architectures.relu_l1 import ReLUConfig, ReLUSAE
+from osae.train.architectures.topk import TopKConfig, TopKSAE
+
+ARCHITECTURES: dict[str, tuple[type[SAEConfig], type[SAE]]] = {
+    "osae": (OrderedConfig, OrderedSAE),
+    "topk": (TopKConfig, TopKSAE),
+    "batchtopk": (BatchTopKConfig, BatchTopKSAE),
+    "matryoshka": (MatryoshkaConfig, MatryoshkaSAE),
+    "matryoshka-random": (MatryoshkaRandomConfig, MatryoshkaRandomSAE),
+    "relu": (ReLUConfig, ReLUSAE),
+    "hybridorder": (HybridOrderConfig, HybridOrderSAE),
+}
+
+
+def build(arch: str, **config) -> SAE:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
+    cfg_cls, sae_cls = ARCHITECTURES[arch]
+    return sae_cls(cfg_cls(**config))
+
+
+__all__ = ["ARCHITECTURES", "build", "SAE", "SAEConfig"]

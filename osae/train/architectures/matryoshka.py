@@ -1,0 +1,101 @@
+"""Matryoshka SAEs (Bussmann et al. 2025; Nabeshima; methods.md 2.4-2.5), on BatchTopK by default.
+
+One code over the whole dictionary (selected once, shared by all levels), truncated per level:
+    x_hat_{<=M} = b_dec + sum_{j <= M} z_j d_j
+    L = sum_g c_g ||x - x_hat_{<=M_g}||^2 + alpha L_aux        (c_g = 1/G: dictionary_learning's weights)
+`matryoshka`: fixed cumulative widths M_1 < ... < M_G = K (default K/16, K/8, K/4, K/2, K).
+`matryoshka-random`: every step draws G-1 distinct interior boundaries from q(b) ∝ (b - b_min + 1)^0.5 -
+(b - b_min)^0.5, shared by the batch, plus K. Each level is one extra sparse decode (cheap next to the
+encoder); `selection="token"` uses per-token TopK instead of BatchTopK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from osae.train.architectures.base import ForwardOutput, aux_k_loss, topk_code
+from osae.train.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
+from osae.train.prefix import default_widths, sample_boundaries
+
+ARCHITECTURE = "matryoshka"
+ARCHITECTURE_RANDOM = "matryoshka-random"
+
+
+@dataclass
+class MatryoshkaConfig(BatchTopKConfig):
+    widths: list[int] | None = None
+    """Cumulative level widths ending at d_sae; None: d_sae/16, /8, /4, /2, d_sae."""
+    level_weights: list[float] | None = None
+    """c_g per level; None: equal, 1/G."""
+    selection: str = "batch"
+    """batch (BatchTopK, the default) or token (per-token TopK)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.widths is None:
+            self.widths = default_widths(self.d_sae)
+        w = list(self.widths)
+        if w != sorted(set(w)) or w[-1] != self.d_sae or w[0] < 1:
+            raise ValueError(f"widths must be increasing and end at d_sae={self.d_sae}; got {w}")
+        if self.selection not in ("batch", "token"):
+            raise ValueError(f"selection must be batch or token; got {self.selection!r}")
+
+
+@dataclass
+class MatryoshkaRandomConfig(BatchTopKConfig):
+    groups: int = 5
+    """G: prefixes per step (G-1 sampled boundaries plus d_sae)."""
+    b_min: int = 1
+    """Smallest boundary."""
+    power: float = 0.5
+    """Exponent of the boundary law."""
+    selection: str = "batch"
+    """batch or token."""
+
+
+class MatryoshkaSAE(BatchTopKSAE):
+    ARCHITECTURE = ARCHITECTURE
+
+    def levels(self, step: int) -> tuple[list[int], np.ndarray]:
+        w = list(self.cfg.widths)
+        c = np.asarray(self.cfg.level_weights or [1.0 / len(w)] * len(w), dtype=np.float64)
+        return w, c
+
+    def train_code(self, pre_BF):
+        if self.cfg.selection == "token":
+            return topk_code(pre_BF, self.cfg.k)
+        return super().train_code(pre_BF)
+
+    def encode(self, x_BD):
+        if self.cfg.selection == "token":
+            return topk_code(self.pre_acts(x_BD), self.cfg.k)
+        return super().encode(x_BD)
+
+    def forward(self, x_BD: torch.Tensor, dead_F=None, step: int = 0, **state) -> ForwardOutput:
+        pre = self.pre_acts(x_BD)
+        code = self.train_code(pre)
+        widths, weights = self.levels(step)
+        level_losses = []
+        recon = None
+        for w in widths:
+            recon_w = self.decode(code, upto=w if w < self.cfg.d_sae else None)
+            level_losses.append(((recon_w - x_BD) ** 2).sum(1).mean())
+            recon = recon_w
+        if self.training and self.cfg.selection == "batch":
+            self.update_threshold(code, step)
+        mse = sum(float(c) * l for c, l in zip(weights, level_losses))
+        losses = {"mse": mse, "auxk": aux_k_loss(self, x_BD, recon, pre, dead_F)}
+        return ForwardOutput(recon, code, losses, pre)
+
+
+class MatryoshkaRandomSAE(MatryoshkaSAE):
+    ARCHITECTURE = ARCHITECTURE_RANDOM
+
+    def levels(self, step: int) -> tuple[list[int], np.ndarray]:
+        # A fresh draw every step, reproducible from (seed, step): resumes see the same boundaries.
+        rng = np.random.default_rng([int(getattr(self, "seed", 0)), int(step), 0xB0])
+        b = sample_boundaries(rng, self.cfg.d_sae, self.cfg.groups, self.cfg.b_min, self.cfg.power)
+        return [int(x) for x in b], np.full(len(b), 1.0 / len(b))
