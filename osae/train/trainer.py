@@ -248,8 +248,10 @@ class Trainer:
             g["lr"] = m.spec.resolved_lr() * lr_factor(step, cfg)
         m.opt.step()
         m.opt.zero_grad(set_to_none=True)
+        sae.normalize_decoder_()
         if f:
-            # Adam's moments would keep moving a zero-gradient unit: restore the values, clear the moments.
+            # Adam's moments would keep moving a zero-gradient unit: restore the values (after the
+            # renormalisation, which would nudge them by rounding) and clear the moments.
             with torch.no_grad():
                 for name, p in (("W_enc", sae.W_enc), ("b_enc", sae.b_enc), ("W_dec", sae.W_dec)):
                     p[:f] = frozen[name]
@@ -257,7 +259,6 @@ class Trainer:
                     for key in ("exp_avg", "exp_avg_sq"):
                         if key in st:
                             st[key][:f] = 0
-        sae.normalize_decoder_()
         if hasattr(sae, "reorder_due") and sae.reorder_due(step):
             self.reorder(m, sae.order())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -83,13 +84,13 @@ class SAEConfig:
     """Weight of the AuxK dead-latent loss (0 turns it off)."""
     aux_k: int | None = None
     """Latents of the AuxK reconstruction; None: d_in // 2."""
-
+    uses_k: ClassVar[bool] = True  # ReLU-based architectures ignore k
     def __post_init__(self) -> None:
         if self.d_in <= 0:
             raise ValueError(f"d_in must be positive; got {self.d_in}")
         if self.d_sae <= 0:
             raise ValueError(f"dict size must be positive; got {self.d_sae}")
-        if not 1 <= self.k <= self.d_sae:
+        if self.uses_k and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}]; got {self.k}")
 
     def to_dict(self) -> dict:

@@ -15,6 +15,7 @@ accumulation (4), lr 3e-4 with 3000 warm-up steps and cosine decay, set in the t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -26,6 +27,7 @@ HISTORY = 10
 
 @dataclass
 class HybridOrderConfig(SAEConfig):
+    uses_k: ClassVar[bool] = False
     l1_coef: float = 0.04
     """lambda_0."""
     norm_beta: float = 0.99

@@ -6,6 +6,7 @@ first `l1_warmup_steps` steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -16,6 +17,7 @@ ARCHITECTURE = "relu"
 
 @dataclass
 class ReLUConfig(SAEConfig):
+    uses_k: ClassVar[bool] = False
     l1_coef: float = 5.0
     """lambda, in units of the per-token squared error (activations normalised to E||x||^2 = d_in)."""
     l1_warmup_steps: int = 2000

@@ -1,0 +1,187 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from osae.errors import CheckpointError, StoreError
+from osae.store import StoreWriter, hook_spec
+from osae.store.toy import ToyConfig, write_toy_store
+from osae.train.checkpoint import load_frozen
+from osae.train.config import SAESpec, TrainConfig
+from osae.train.fit import fit
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy") / "toy.zarr"
+    write_toy_store(path, ToyConfig(d=16, n_atoms=32, m=3, n=20000, n_eval=2000))
+    return path
+
+
+def _cfg(toy, out, saes, **kw):
+    base = dict(store=str(toy), out=str(out), saes=saes, tokens=256 * 40, batch_size=256, lr_warmup_steps=5,
+                checkpoint_every=10, log_every=5, buffer_bytes=2**20, dead_window_tokens=2000)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(run: Path) -> dict:
+    return {d.name: load_file(str(d / "sae.safetensors")) for d in sorted(run.iterdir()) if (d / "sae.safetensors").exists()}
+
+
+def test_many_saes_in_one_pass_equal_each_trained_alone(toy, tmp_path):
+    specs = [SAESpec("osae", 0, {"d_sae": 32, "k": 3}, lr=1e-3), SAESpec("topk", 1, {"d_sae": 32, "k": 3}, lr=1e-3)]
+    fit(_cfg(toy, tmp_path / "both", specs), progress=False)
+    fit(_cfg(toy, tmp_path / "one", specs[:1]), progress=False)
+    both, one = _weights(tmp_path / "both"), _weights(tmp_path / "one")
+    assert set(both) == {"osae-K32-k3-s0", "topk-K32-k3-s1"}
+    for key, t in one["osae-K32-k3-s0"].items():
+        assert torch.equal(t, both["osae-K32-k3-s0"][key]), key
+    sae, config = load_frozen(tmp_path / "both" / "topk-K32-k3-s1")
+    assert config["architecture"] == "topk" and config["step"] == 40 and config["final"]
+    assert config["normalization"]["kind"] == "scalar" and len(config["store_fingerprint"]) == 32
+    lines = [json.loads(l) for l in (tmp_path / "both" / "osae-K32-k3-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert lines[-1]["fvu"] < lines[0]["fvu"] and all(l["l0"] <= 3 for l in lines)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5, rtol=0)
+
+
+def test_a_killed_fit_resumes_to_bitwise_the_same_weights(toy, tmp_path):
+    specs = [{"arch": "osae", "seed": 0, "config": {"d_sae": 32, "k": 3, "estimator": "sample"}, "lr": 1e-3},
+             {"arch": "batchtopk", "seed": 2, "config": {"d_sae": 32, "k": 3, "threshold_start": 3}, "lr": 1e-3},
+             {"arch": "hybridorder", "seed": 3, "config": {"d_sae": 32, "reorder_start": 3, "reorder_every": 7}, "lr": 1e-3}]
+    cfg = _cfg(toy, tmp_path / "ref", specs, tokens=256 * 60, checkpoint_every=8, accum_steps=2)
+    fit(cfg, progress=False)
+    cut = cfg.to_dict() | {"out": str(tmp_path / "cut")}
+    script = tmp_path / "run.py"
+    script.write_text("import json, sys, time\n"
+                      "from osae.train.config import TrainConfig\nfrom osae.train import trainer\nfrom osae.train.fit import fit\n"
+                      "orig = trainer.Trainer._train_step\n"
+                      "def slow(self, m, x):\n    time.sleep(0.03)\n    return orig(self, m, x)\n"
+                      "trainer.Trainer._train_step = slow\n"
+                      f"fit(TrainConfig.from_dict(json.loads({json.dumps(json.dumps(cut))})), progress=False)\n")
+    proc = subprocess.Popen([sys.executable, str(script)])
+    state = tmp_path / "cut" / "run_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.exists() and json.loads(state.read_text())["step"] >= 16:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped = json.loads(state.read_text())["step"]
+    assert 16 <= stopped < 60
+    fit(resume=str(tmp_path / "cut"), progress=False)
+    ref, got = _weights(tmp_path / "ref"), _weights(tmp_path / "cut")
+    for name in ref:
+        for key in ref[name]:
+            assert torch.equal(ref[name][key], got[name][key]), (name, key)
+    lines = (tmp_path / "cut" / "osae-K32-k3-s0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == list(range(5, 61, 5))
+
+
+def test_resume_with_changed_arguments_is_refused(toy, tmp_path):
+    specs = [SAESpec("topk", 0, {"d_sae": 32, "k": 3})]
+    cfg = _cfg(toy, tmp_path / "r", specs, tokens=256 * 12)
+    fit(cfg, progress=False)
+    with pytest.raises(ValueError, match="changed arguments .*tokens"):
+        fit(_cfg(toy, tmp_path / "r", specs, tokens=256 * 20), resume=str(tmp_path / "r"), progress=False)
+    assert fit(resume=str(tmp_path / "r"), progress=False)["already_finished"]
+    with pytest.raises(ValueError, match="already holds a run"):
+        fit(cfg, progress=False)
+
+
+def test_unit_sweeping_freezes_exactly_the_scheduled_units(toy, tmp_path):
+    from osae.train import trainer as T
+
+    spec = SAESpec("osae", 0, {"d_sae": 32, "k": 3, "sweep_start": 10, "sweep_every": 5}, lr=1e-2)
+    cfg = _cfg(toy, tmp_path / "s", [spec], tokens=256 * 30, checkpoint_every=1000)
+
+    frozen_seen = []
+    orig = T.Trainer._update
+
+    def spy(self, m, step):
+        w = m.sae.W_dec.detach().clone()
+        orig(self, m, step)
+        f = m.sae.frozen_at(step)
+        if f:
+            assert torch.equal(m.sae.W_dec.detach()[:f], w[:f]), step
+            assert not torch.equal(m.sae.W_dec.detach()[f:], w[f:])
+        frozen_seen.append(f)
+
+    T.Trainer._update = spy
+    try:
+        fit(cfg, progress=False)
+    finally:
+        T.Trainer._update = orig
+    assert frozen_seen[:10] == [0] * 10 and frozen_seen[10:15] == [1] * 5 and frozen_seen[-1] == 4
+
+
+def test_hybridorder_reorder_commutes_with_training():
+    """Permuting parameters and Adam state, then stepping, equals stepping and then permuting (fp64)."""
+    from osae.store.normalize import Normalizer
+    from osae.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    xs = [torch.randn(64, 8, dtype=torch.float64) for _ in range(12)]
+    spec = SAESpec("hybridorder", 0, {"d_sae": 16, "reorder_start": 10**9}, lr=1e-2)
+    cfg = TrainConfig(store="unused", out="/nonexistent", saes=[spec], tokens=64 * 12, batch_size=64, lr_warmup_steps=1)
+    runs = []
+    for permute_at in (None, 6):
+        tr = Trainer(cfg, iter(()), d_in=8, normalizer=Normalizer("none"), meta={})
+        m = tr.members[0]
+        m.sae.double()
+        m.opt = torch.optim.Adam(m.sae.parameters(), lr=1e-2)
+        m.names = {id(p): n for n, p in m.sae.named_parameters()}
+        perm = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+        for step, x in enumerate(xs):
+            if step == permute_at:
+                tr.reorder(m, perm)
+            tr.step = step
+            tr._train_step(m, x)
+        runs.append(m.sae)
+    ref, got = runs
+    inv = torch.argsort(perm)
+    torch.testing.assert_close(got.W_dec.detach()[inv], ref.W_dec.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.b_enc.detach()[inv], ref.b_enc.detach(), rtol=1e-10, atol=1e-10)
+
+
+def test_nonfinite_batches_are_skipped_or_stop_and_no_nan_is_written(tmp_path):
+    path = tmp_path / "nan.zarr"
+    w = StoreWriter.create(path, hooks={"h": hook_spec(0, 8, "float32")}, has_tokens=False, chunk_rows=256,
+                           split={"rule": "explicit-chunks", "eval_chunks": [15]})
+    x = np.random.default_rng(0).standard_normal((4096, 8)).astype(np.float32)
+    x[1000:1256, 3] = np.nan
+    w.write({"h": x})
+    w.close()
+    spec = [SAESpec("topk", 0, {"d_sae": 16, "k": 2})]
+    out = fit(TrainConfig(store=str(path), out=str(tmp_path / "skip"), saes=spec, tokens=256 * 14, batch_size=256,
+                          buffer_bytes=256 * 8 * 4 * 4, normalization="none", b_dec_init="zero"), progress=False)
+    assert out["skipped_batches"] >= 1
+    for t in load_file(str(tmp_path / "skip" / "topk-K16-k2-s0" / "sae.safetensors")).values():
+        assert torch.isfinite(t).all()
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fit(TrainConfig(store=str(path), out=str(tmp_path / "stop"), saes=spec, tokens=256 * 14, batch_size=256,
+                        buffer_bytes=256 * 8 * 4 * 4, normalization="none", b_dec_init="zero", nonfinite="stop"),
+            progress=False)
+
+
+def test_bad_settings_are_refused(toy, tmp_path):
+    with pytest.raises(ValueError, match="k=9 is larger than the dictionary size 8"):
+        fit(_cfg(toy, tmp_path / "a", [SAESpec("topk", 0, {"d_sae": 8, "k": 9})]), progress=False)
+    with pytest.raises(StoreError, match="no hook 'nope'"):
+        fit(_cfg(toy, tmp_path / "b", [SAESpec("topk", 0, {"d_sae": 8, "k": 2})], hook="nope"), progress=False)
+    for key, val, msg in (("batch_size", 0, "batch-size must be positive"), ("tokens", -5, "tokens must be positive")):
+        with pytest.raises(ValueError, match=msg):
+            _cfg(toy, tmp_path / "c", [SAESpec("topk", 0, {"d_sae": 8, "k": 2})], **{key: val})
+    with pytest.raises(ValueError, match="lr must be positive"):
+        SAESpec("topk", 0, {"d_sae": 8, "k": 2}, lr=0)
+    with pytest.raises(CheckpointError, match="not an osae run directory"):
+        fit(resume=str(tmp_path), progress=False)
