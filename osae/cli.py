@@ -9,7 +9,7 @@ from osae.cli_common import setup_logging
 from osae.harvest.cli import harvest_cmd
 from osae.store.cli import app as store_app
 from osae.store.cli import toy_cmd
-from osae.train.cli import fit_cmd
+from osae.train.cli import export_cmd, fit_cmd
 
 app = typer.Typer(
     help="Ordered sparse autoencoders on language-model activations: harvest, store, fit, evaluate.",
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.command("harvest")(harvest_cmd)
 app.command("fit")(fit_cmd)
+app.command("export")(export_cmd)
 app.add_typer(store_app, name="store")
 app.command("toy")(toy_cmd)
 

@@ -75,3 +75,22 @@ def fit_cmd(
         typer.echo(f"{summary['out']} has already finished")
     else:
         typer.echo(f"trained {len(summary['saes'])} SAE(s) for {summary['tokens']:,} tokens in {summary['out']}")
+
+
+@user_errors
+def export_cmd(
+    checkpoint: str = typer.Argument(..., help="Frozen checkpoint directory (RUN/NAME)."),
+    format: str = typer.Option("saelens", "--format", help="Target format: saelens."),
+    out: str = typer.Option(..., "--out", help="Directory to write."),
+) -> None:
+    """Write a checkpoint in another library's format (SAELens: cfg.json + sae_weights.safetensors).
+
+    Examples:
+      osae export runs/osae/osae-K4096-k32-s0 --format saelens --out saelens/osae-s0
+    """
+    from osae.train.export import export_saelens
+
+    if format != "saelens":
+        raise ValueError(f"--format must be saelens; got {format!r}")
+    result = export_saelens(checkpoint, out)
+    typer.echo(f"wrote a SAELens '{result['architecture']}' SAE to {result['out']}")

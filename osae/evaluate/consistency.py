@@ -1,0 +1,72 @@
+"""Decoder consistency between two dictionaries: Stab and Ord from a Hungarian matching of atoms
+(methods.md 4.3; OSAE paper sections 2.7-2.8).
+
+C = D^T D' (signed cosines of unit atoms); mu = argmax over permutations of sum_j C[j, mu(j)];
+Stab = mean matched cosine; Ord = Spearman correlation of (j, mu(j)) = 1 - 6 sum (j - mu(j))^2 / (K (K^2 - 1)).
+Prefix-wise curves truncate both dictionaries to their first p atoms, then match p x p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import spearmanr
+
+
+def unit_rows(W: torch.Tensor | np.ndarray) -> np.ndarray:
+    W = np.asarray(W.detach().cpu().double() if torch.is_tensor(W) else W, dtype=np.float64)
+    return W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class Matching:
+    rows: np.ndarray  # matched atom indices in D
+    cols: np.ndarray  # their partners in D'
+    cosines: np.ndarray
+    method: str
+
+    @property
+    def stab(self) -> float:
+        return float(self.cosines.mean()) if len(self.cosines) else float("nan")
+
+    @property
+    def ord(self) -> float:
+        n = len(self.rows)
+        if n < 2:
+            return float("nan")
+        if len(np.unique(self.rows)) == n and np.array_equal(np.sort(self.rows), np.arange(n)) and \
+                np.array_equal(np.sort(self.cols), np.arange(n)):
+            return float(1 - 6 * np.sum((self.rows - self.cols) ** 2) / (n * (n**2 - 1)))
+        return float(spearmanr(self.rows, self.cols).statistic)  # unequal sizes: rank-transformed
+
+
+def match(D_a, D_b, *, exact_limit: int = 4096) -> Matching:
+    """Hungarian matching of the rows (atoms) of two dictionaries, maximising the summed signed cosine."""
+    A, B = unit_rows(D_a), unit_rows(D_b)
+    if max(len(A), len(B)) > exact_limit:
+        from osae.evaluate.sparse_matching import sparse_match
+
+        return sparse_match(A, B)
+    C = A @ B.T
+    r, c = linear_sum_assignment(C, maximize=True)
+    return Matching(r, c, C[r, c], "dense")
+
+
+def stab_ord(D_a, D_b, **kw) -> tuple[float, float]:
+    m = match(D_a, D_b, **kw)
+    return m.stab, m.ord
+
+
+def prefix_curves(D_a, D_b, prefixes: list[int] | None = None) -> dict[int, dict[str, float]]:
+    """{p: {"stab", "ord"}} matching the first p atoms of each dictionary (truncate, then match)."""
+    K = min(len(D_a), len(D_b))
+    if prefixes is None:
+        prefixes = [p for p in (2 ** i for i in range(2, 40)) if p < K] + [K]
+    out = {}
+    for p in prefixes:
+        m = match(np.asarray(unit_rows(D_a))[:p], np.asarray(unit_rows(D_b))[:p])
+        out[int(p)] = {"stab": m.stab, "ord": m.ord}
+    return out

@@ -1,0 +1,66 @@
+"""`osae export --format saelens`: a directory SAELens (v6) loads with `SAE.load_from_disk`.
+
+The activation scale is folded in (methods.md 1.2), so the exported SAE reads raw activations
+(`normalize_activations: "none"`). Per-token TopK codes (topk, osae, token-selection Matryoshka) export as
+SAELens' `topk`; BatchTopK-style codes, evaluated with one global threshold, as `jumprelu` with that
+threshold for every latent (z = pre * 1[pre > theta] is exactly a JumpReLU); ReLU codes as `standard`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from osae.train.checkpoint import load_frozen
+
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SAELENS_CONFIG = "cfg.json"
+
+
+def export_saelens(checkpoint, out) -> dict:
+    sae, config = load_frozen(checkpoint)
+    norm = config.get("normalization", {"kind": "none"})
+    if norm.get("kind") == "standardize":
+        raise ValueError("a checkpoint trained on standardized activations has no SAELens equivalent; "
+                         "train with --normalization scalar or none to export it")
+    scale = float(norm.get("scale", 1.0)) if norm.get("kind") == "scalar" else 1.0
+    sae.fold_scale_(scale)
+    arch = config["architecture"]
+    selection = config["arch_config"].get("selection", "batch")
+    if arch in ("topk", "osae") or (arch.startswith("matryoshka") and selection == "token"):
+        kind, extra = "topk", {"k": int(sae.cfg.k)}
+    elif arch in ("batchtopk", "matryoshka", "matryoshka-random"):
+        theta = float(sae.threshold)
+        if theta <= 0:
+            raise ValueError(f"{checkpoint} has no inference threshold yet (trained fewer steps than threshold_start)")
+        kind, extra = "jumprelu", {}
+    else:
+        kind, extra = "standard", {}
+    weights = {
+        "W_enc": sae.W_enc.detach().T.contiguous().float(),  # SAELens stores (d_in, d_sae)
+        "W_dec": sae.W_dec.detach().contiguous().float(),
+        "b_enc": sae.b_enc.detach().contiguous().float(),
+        "b_dec": sae.b_dec.detach().contiguous().float(),
+    }
+    if kind == "jumprelu":
+        weights["threshold"] = torch.full((sae.cfg.d_sae,), float(sae.threshold))
+    hook_info = config.get("hook_info", {})
+    cfg = {
+        "architecture": kind, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "dtype": "float32", "device": "cpu",
+        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none", **extra,
+        "metadata": {
+            "hook_name": config.get("hook"), "hook_layer": hook_info.get("layer"), "hook_head_index": None,
+            "model_name": None, "context_size": None, "prepend_bos": True, "dataset_path": config.get("store"),
+            "sae_lens_training_version": None,
+            "osae": {"architecture": arch, "checkpoint": str(checkpoint), "store_fingerprint": config.get("store_fingerprint"),
+                     "folded_scale": scale, "step": config.get("step")},
+        },
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / SAELENS_WEIGHTS))
+    (out / SAELENS_CONFIG).write_text(json.dumps(cfg, indent=1))
+    return {"out": str(out), "architecture": kind}
