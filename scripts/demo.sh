@@ -1,22 +1,19 @@
 #!/usr/bin/env bash
-# The main job end to end on data every machine can make (installs what it needs first).
-# Today: the store stage on the OSAE paper's toy data. Harvest, fit and evaluate join as they land.
+# The main job end to end on the embedded default model and text, offline (installs what it needs first):
+# harvest layer 3 of the embedded model over the Python standard library, check the store, train OSAE,
+# Matryoshka, BatchTopK and TopK SAEs (several seeds, one pass), and compare their consistency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh
 . .venv/bin/activate
 OUT=${OUT:-out/demo}
 mkdir -p "$OUT"
-osae toy --out "$OUT/toy.zarr" --overwrite
-osae store info "$OUT/toy.zarr"
-osae store verify "$OUT/toy.zarr"
-osae store copy "$OUT/toy.zarr" "$OUT/toy-zstd.zarr" --compressor zstd --overwrite
-python - "$OUT/toy.zarr" <<'PY'
-import sys
-from osae.store import ActivationStore
-from osae.store.loader import LoaderConfig, ShuffledLoader
-store = ActivationStore(sys.argv[1])
-loader = ShuffledLoader(store, config=LoaderConfig(batch_size=1024, seed=0))
-n = sum(len(x) for x in loader.epoch_batches())
-print(f"one shuffled epoch: {n:,} training rows in batches of 1024")
-PY
+osae harvest --layer 3 --tokens 1000000 --out "$OUT/stdlib-l3.zarr"
+osae store info "$OUT/stdlib-l3.zarr"
+osae store verify "$OUT/stdlib-l3.zarr"
+if [ ! -f "$OUT/run/run_state.json" ]; then
+  osae fit --store "$OUT/stdlib-l3.zarr" --sweep scripts/demo_sweep.json --tokens 2000000 --batch-size 1024 --out "$OUT/run"
+else
+  osae fit --resume "$OUT/run"
+fi
+python scripts/demo_report.py "$OUT/run" "$OUT/stdlib-l3.zarr"

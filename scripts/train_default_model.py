@@ -164,6 +164,32 @@ def main() -> None:
         "heldout_files": int(is_val.sum()), "wall_s": time.time() - t_start, "log": log,
     }
     (args.out / "training.json").write_text(json.dumps(report, indent=1))
+    write_card(args.out)
+
+
+def write_card(out: Path) -> None:
+    """README.md (the model card) from training.json and the saved files."""
+    r = json.loads((out / "training.json").read_text())
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file()) / 2**20
+    card = f"""# osae-stdlib: the embedded default model
+
+A small causal language model shipped inside osae so that harvest, fit and evaluate run offline, in tests
+and on a new machine. It is a tool for checking the pipeline, not a research model.
+
+| | |
+|---|---|
+| architecture | GPT-NeoX (Pythia's): 6 layers, hidden 256, 4 heads, MLP 1024, rotary fraction 0.25, parallel residual |
+| parameters | {r['parameters']:,} (weights stored in float16; {size:.1f} MiB with the tokenizer) |
+| tokenizer | byte-level BPE, {r['vocab']} tokens, `<|endoftext|>` (id 0) as BOS, EOS and padding |
+| training text | the {r['n_files']} `.py` files of the Python {r['python']} standard library, every 50th file held out ({r['heldout_files']} files) |
+| training | {r['steps']} steps of {r['tokens_seen'] // r['steps']:,} tokens (windows of {r['context']}), {r['tokens_seen']:,} tokens seen, AdamW, bf16 autocast, seed {r['seed']}, {r['threads']} CPU thread(s), {r['wall_s'] / 60:.0f} min |
+| held-out loss | **{r['heldout_loss']:.3f}** nats/token on 512 held-out windows |
+| unigram baseline | {r['unigram_loss']:.3f} nats/token (add-one token frequencies of the training text) |
+
+Reproduce: `python scripts/train_default_model.py --out osae/models/stdlib-neox --steps {r['steps']} --threads {r['threads']}`
+(deterministic for a given seed, thread count and torch build; torch {r['torch']} here).
+"""
+    (out / "README.md").write_text(card)
 
 
 if __name__ == "__main__":

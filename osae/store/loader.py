@@ -56,12 +56,18 @@ class LoaderConfig:
     """Read local uncompressed chunks straight into the buffer instead of through zarr."""
     verify_checksums: bool = True
     """Check every chunk's crc32c on the direct path (zarr always checks)."""
+    rank_mode: str = "chunks"
+    """Several ranks: `chunks` (each reads disjoint chunks, its own stream) or `slice` (every rank builds the
+    same global stream of batch_size * world_size rows and keeps its slice of each batch: the union of the
+    ranks' batches is exactly the one-process batch, at world_size times the reading)."""
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive; got {self.batch_size}")
         if self.buffer_bytes <= 0:
             raise ValueError(f"buffer_bytes must be positive; got {self.buffer_bytes}")
+        if self.rank_mode not in ("chunks", "slice"):
+            raise ValueError(f"rank_mode must be chunks or slice; got {self.rank_mode!r}")
 
 
 def _populated_array(shape: tuple, dtype: np.dtype) -> np.ndarray:
@@ -163,6 +169,11 @@ class ShuffledLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}); got {rank}")
         self.rank, self.world_size = rank, world_size
+        # The stream this rank follows: its own (chunks), or the global one of which it keeps a slice.
+        slicing = self.cfg.rank_mode == "slice" and world_size > 1
+        self.stream_rank, self.stream_world = (0, 1) if slicing else (rank, world_size)
+        self.stream_batch = self.cfg.batch_size * (world_size if slicing else 1)
+        self.slice_start = rank * self.cfg.batch_size if slicing else 0
         self.with_rows = with_rows
         self.intervals = split_intervals(store, self.cfg.split)
         if self.intervals.n_rows == 0:
@@ -170,7 +181,7 @@ class ShuffledLoader:
         self.d = store.d_model(self.hook)
         self.store_dtype = store.dtype(self.hook)
         row_bytes = self.d * storage_dtype(self.store_dtype).itemsize
-        self.n_slots = max(self.cfg.batch_size, self.cfg.buffer_bytes // row_bytes)
+        self.n_slots = max(self.stream_batch, self.cfg.buffer_bytes // row_bytes)
         self.max_slots = min(self.n_slots, self.intervals.n_rows)
         self.epoch, self.batch = 0, 0
         self._buffers: dict[str, np.ndarray] = {}
@@ -217,8 +228,8 @@ class ShuffledLoader:
 
     def stream(self, epoch: int) -> EpochStream:
         return epoch_stream(
-            self.intervals, seed=self.cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
-            batch_size=self.cfg.batch_size, drop_last=self.cfg.drop_last,
+            self.intervals, seed=self.cfg.seed, epoch=epoch, rank=self.stream_rank, world_size=self.stream_world,
+            batch_size=self.stream_batch, drop_last=self.cfg.drop_last or self.world_size > 1,
         )
 
     def batches_per_epoch(self) -> int:
@@ -311,9 +322,9 @@ class _EpochRun:
     def __init__(self, loader: ShuffledLoader, stream: EpochStream, epoch: int, first_batch: int):
         self.ld, self.stream, self.epoch, self.first_batch = loader, stream, epoch, first_batch
         cfg = loader.cfg
-        self.B = cfg.batch_size
+        self.B = loader.stream_batch
         self.total = int(stream.sizes.sum())
-        self.plan = SlotPlan(self.total, loader.n_slots, self.B, cfg.seed, epoch, loader.rank)
+        self.plan = SlotPlan(self.total, loader.n_slots, self.B, cfg.seed, epoch, loader.stream_rank)
         self.stop = threading.Event()
         self.out_q: queue.Queue = queue.Queue(maxsize=cfg.prefetch_batches)
         dt = storage_dtype(loader.store_dtype)
@@ -321,10 +332,10 @@ class _EpochRun:
         self.buffer_t = to_torch(self.buffer, loader.store_dtype)
         out_dtype = getattr(torch, cfg.dtype) if cfg.dtype != "store" else self.buffer_t.dtype
         n_out = cfg.prefetch_batches + 2
-        pool = loader._arena(f"pool-{cfg.dtype}", (n_out, self.B, loader.d), np.dtype("float32") if out_dtype == torch.float32 else dt)
+        pool = loader._arena(f"pool-{cfg.dtype}", (n_out, cfg.batch_size, loader.d), np.dtype("float32") if out_dtype == torch.float32 else dt)
         pool_t = torch.from_numpy(pool) if out_dtype == torch.float32 else to_torch(pool, loader.store_dtype)
-        self.pool = list(pool_t.to(out_dtype) if pool_t.dtype != out_dtype else pool_t)
-        self.staging = to_torch(loader._arena("staging", (self.B, loader.d), dt), loader.store_dtype)
+        self.pool = list(pool_t.to(out_dtype) if pool_t.dtype != out_dtype else pool_t)  # rows: this rank's batch
+        self.staging = to_torch(loader._arena("staging", (cfg.batch_size, loader.d), dt), loader.store_dtype)
         self.offsets = stream.offsets
 
     # -- the stream of rows coming out of the chunk reader --------------------------------------
@@ -389,13 +400,15 @@ class _EpochRun:
                     return
                 slots, emitted, count = self.plan.next_batch()
                 slots_t = torch.from_numpy(slots)
-                out = self.pool[bi % len(self.pool)][: len(slots)]
-                staging = self.staging[: len(slots)]
-                torch.index_select(self.buffer_t, 0, slots_t, out=staging)
+                lo = self.ld.slice_start
+                mine = slots_t[lo : lo + self.ld.cfg.batch_size]  # the whole batch unless ranks slice it
+                out = self.pool[bi % len(self.pool)][: len(mine)]
+                staging = self.staging[: len(mine)]
+                torch.index_select(self.buffer_t, 0, mine, out=staging)
                 self.ld.normalizer.into(staging, out)
                 if count:
                     self._take_rows(count, slots_t, None)
-                item = (out, _rows_at(self.stream, self.offsets, emitted)) if self.ld.with_rows else out
+                item = (out, _rows_at(self.stream, self.offsets, emitted[lo : lo + len(mine)])) if self.ld.with_rows else out
                 while not self.stop.is_set():
                     try:
                         self.out_q.put(item, timeout=0.5)

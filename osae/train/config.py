@@ -76,6 +76,9 @@ class TrainConfig:
     """Shuffle order of the stream every SAE of the run sees."""
     buffer_bytes: int = 2**30
     """Loader shuffle buffer."""
+    rank_data: str = "slice"
+    """Several processes: slice (each takes its slice of the one-process batch: identical results for any
+    process count) or chunks (each reads only its own chunks: less reading, other batches)."""
     checkpoint_every: int = 2000
     """Steps between checkpoints (and always at the end)."""
     log_every: int = 50
@@ -106,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"lr schedule must be constant-decay or cosine; got {self.lr_schedule!r}")
         if self.b_dec_init not in ("geometric_median", "mean", "zero"):
             raise ValueError(f"b_dec init must be geometric_median, mean or zero; got {self.b_dec_init!r}")
+        if self.rank_data not in ("slice", "chunks"):
+            raise ValueError(f"rank_data must be slice or chunks; got {self.rank_data!r}")
         if self.autocast not in ("auto", "bf16", "none"):
             raise ValueError(f"autocast must be auto, bf16 or none; got {self.autocast!r}")
         self.adam_betas = tuple(self.adam_betas)

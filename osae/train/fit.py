@@ -32,6 +32,13 @@ def init_distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def _device(name: str, rank: int) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -80,11 +87,14 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | None = None, progress: 
             raise ValueError(f"{spec.name}: k={spec.config.get('k')} is larger than the dictionary size {spec.config.get('d_sae')}")
     out = Path(cfg.out)
     if resume is None:
-        if (out / RUN_CONFIG).exists():
+        exists = (out / RUN_CONFIG).exists()
+        _barrier(world)  # every process looks before process 0 writes
+        if exists:
             raise ValueError(f"{out} already holds a run; resume it with `osae fit --resume {out}` or choose another --out")
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
+        _barrier(world)
     normalizer = Normalizer.from_store(store, hook, cfg.normalization)
     stats = store.stats(hook)
     if cfg.normalization == "standardize":
@@ -92,7 +102,8 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | None = None, progress: 
     else:
         total_var = float(stats["var"].sum()) * (normalizer.scale ** 2 if cfg.normalization == "scalar" else 1.0)
     loader = ShuffledLoader(
-        store, hook, LoaderConfig(batch_size=cfg.batch_size // world, buffer_bytes=cfg.buffer_bytes, seed=cfg.data_seed),
+        store, hook, LoaderConfig(batch_size=cfg.batch_size // world, buffer_bytes=cfg.buffer_bytes, seed=cfg.data_seed,
+                                  rank_mode=cfg.rank_data),
         normalizer=normalizer, rank=rank, world_size=world)
     meta = {"store": store.loc.display, "store_fingerprint": store_fingerprint(store), "hook": hook,
             "hook_info": store.hooks[hook], "run": str(out)}

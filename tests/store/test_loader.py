@@ -209,3 +209,17 @@ def test_abandoning_an_epoch_midway_and_starting_again_is_safe(store):
     ld.epoch, ld.batch = 0, 0  # a caller rewinding by hand while the first run is still open
     for x, r in ld.epoch_batches():
         np.testing.assert_array_equal(x.numpy(), data["acts"][HOOK][r])
+
+
+def test_slice_mode_ranks_split_exactly_the_one_process_batches(store):
+    s, _ = store
+    single = ShuffledLoader(s, HOOK, LoaderConfig(batch_size=100, buffer_bytes=2**16, seed=4), with_rows=True)
+    ref = [r.copy() for _, r in single.epoch_batches()]
+    parts = []
+    for rank in range(2):
+        ld = ShuffledLoader(s, HOOK, LoaderConfig(batch_size=50, buffer_bytes=2**16, seed=4, rank_mode="slice"),
+                            rank=rank, world_size=2, with_rows=True)
+        parts.append([r.copy() for _, r in ld.epoch_batches()])
+    assert len(parts[0]) == len(parts[1]) == len(ref)
+    for b, r in enumerate(ref):
+        np.testing.assert_array_equal(np.concatenate([parts[0][b], parts[1][b]]), r)

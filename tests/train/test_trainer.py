@@ -185,3 +185,20 @@ def test_bad_settings_are_refused(toy, tmp_path):
         SAESpec("topk", 0, {"d_sae": 8, "k": 2}, lr=0)
     with pytest.raises(CheckpointError, match="not an osae run directory"):
         fit(resume=str(tmp_path), progress=False)
+
+
+def test_two_processes_train_the_same_weights_as_one(toy, tmp_path):
+    args = ["fit", "--store", str(toy), "--arch", "topk", "--dict-size", "32", "--k", "3", "--seeds", "0",
+            "--tokens", str(256 * 20), "--batch-size", "256", "--lr", "1e-3", "--checkpoint-every", "7"]
+    one = subprocess.run([sys.executable, "-m", "osae", *args, "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "osae", *args,
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert set(a) == set(b) == {"topk-K32-k3-s0"}
+    for key in a["topk-K32-k3-s0"]:
+        torch.testing.assert_close(a["topk-K32-k3-s0"][key], b["topk-K32-k3-s0"][key], rtol=1e-4, atol=1e-5)

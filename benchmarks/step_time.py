@@ -1,0 +1,97 @@
+"""Training-step time of every architecture (issue: osae fit). Results go to docs/benchmarks.md.
+
+d=512, K=16384, k=32, B=4096, float32 on CPU, one SAE, Adam, the full update (forward, backward, radial
+projection, clipping, step, renormalisation) as the trainer runs it. Measured in one run, architectures
+interleaved over rounds. References for the ordered loss: the sampled estimator, and a naive per-prefix
+form that decodes the k+1 distinct truncations of every token separately.
+
+    python benchmarks/step_time.py --rounds 2 --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from osae.store.normalize import Normalizer
+from osae.train.architectures.base import SparseCode
+from osae.train.config import SAESpec, TrainConfig
+from osae.train.trainer import Trainer
+
+D, K, k, B = 512, 16384, 32, 4096
+
+
+def naive_prefix_loss(sae, x, pi):
+    """E_L of the truncated error by explicit truncations at each active latent (k+1 decodes)."""
+    pre = sae.pre_acts(x)
+    vals, idx = torch.topk(pre, k, dim=1)
+    vals = vals.clamp_min(0)
+    order = torch.argsort(idx, dim=1)
+    idx, vals = idx.gather(1, order), vals.gather(1, order)
+    pi_ext = torch.cat([torch.ones(1), pi, torch.zeros(1)])
+    total = 0
+    r = x - sae.b_dec
+    for t in range(k + 1):
+        kept = vals * (torch.arange(k)[None, :] < t)
+        recon = sae.decode(SparseCode(idx, kept), bias=False)
+        lo = torch.zeros(len(x), dtype=torch.long) if t == 0 else idx[:, t - 1] + 1  # prefix lengths [i_t, i_{t+1})
+        hi = idx[:, t] + 1 if t < k else torch.full((len(x),), K + 1)
+        w = pi_ext[lo] - pi_ext[hi]  # P(i_t <= L < i_{t+1}) = pi_{i_t} - pi_{i_{t+1}}
+        total = total + (w * ((r - recon) ** 2).sum(1)).mean()
+    return total
+
+
+def step_time(spec: SAESpec, steps: int, naive: bool = False) -> float:
+    cfg = TrainConfig(store="unused", out="/nonexistent", saes=[spec], tokens=B * 1000, batch_size=B, lr_warmup_steps=1)
+    tr = Trainer(cfg, iter(()), d_in=D, normalizer=Normalizer("none"), meta={}, progress=False)
+    m = tr.members[0]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, D, generator=g)
+    if naive:
+        def forward(x, **kw):
+            out = type(m.sae).forward(m.sae, x, **kw)
+            out.losses["nd"] = naive_prefix_loss(m.sae, x, m.sae.pi)
+            return out
+        m.sae.forward = forward
+    tr.step = 2000
+    tr._train_step(m, x)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tr._train_step(m, x)
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2)
+    args = ap.parse_args()
+    base = {"d_sae": K, "k": k}
+    cases = {
+        "topk": (SAESpec("topk", 0, base), False),
+        "osae (exact, all prefixes)": (SAESpec("osae", 0, base), False),
+        "osae (sampled prefix)": (SAESpec("osae", 0, {**base, "estimator": "sample"}), False),
+        "osae (naive per-prefix decodes)": (SAESpec("osae", 0, base), True),
+        "batchtopk": (SAESpec("batchtopk", 0, base), False),
+        "matryoshka": (SAESpec("matryoshka", 0, base), False),
+        "matryoshka-random": (SAESpec("matryoshka-random", 0, base), False),
+        "relu": (SAESpec("relu", 0, base), False),
+        "hybridorder": (SAESpec("hybridorder", 0, base), False),
+    }
+    times = {name: [] for name in cases}
+    for _ in range(args.rounds):
+        for name, (spec, naive) in cases.items():
+            times[name].append(step_time(spec, args.steps, naive))
+    res = {"shape": {"d": D, "K": K, "k": k, "B": B}, "torch_threads": torch.get_num_threads(),
+           "seconds_per_step": {n: float(np.mean(t)) for n, t in times.items()}}
+    ref = res["seconds_per_step"]["topk"]
+    res["ratio_to_topk"] = {n: t / ref for n, t in res["seconds_per_step"].items()}
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
