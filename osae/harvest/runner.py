@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from osae.distributed import broadcast, gather, init_distributed
 from osae.errors import StoreError
 from osae.harvest.config import IDENTITY, HarvestConfig
 from osae.harvest.hooks import HookPoint, capture, find_blocks, run_to_hooks
@@ -30,45 +30,11 @@ from osae.harvest.models import LoadedModel, load_model
 from osae.harvest.sources import resolve_source
 from osae.harvest.windows import SpecialTokens, iter_windows, stored_positions
 from osae.store.format import hook_spec
-from osae.store.location import parse_location, zarr_store
+from osae.store.location import parse_location
 from osae.store.reader import ActivationStore, open_group
 from osae.store.writer import StoreWriter, store_exists, write_shard
 
 log = logging.getLogger(__name__)
-
-
-# -- processes -------------------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int]:
-    """(rank, world): joins the process group that `accelerate launch` / torchrun describe in the
-    environment (gloo on CPU, nccl on GPU); a single process otherwise."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _broadcast(obj, world: int):
-    if world == 1:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # -- the harvest -----------------------------------------------------------------------------------
@@ -182,7 +148,7 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict:
             status["complete"] = done.n
         except Exception as exc:  # shared with the other ranks so that they stop too
             status["error"] = exc
-    shared = _broadcast({k: (str(v) if k == "error" and v is not None else v) for k, v in status.items()}, world)
+    shared = broadcast({k: (str(v) if k == "error" and v is not None else v) for k, v in status.items()}, world)
     if status["error"] is not None:
         raise status["error"]
     if shared["error"] is not None:
@@ -293,7 +259,7 @@ def _run_packed(cfg, lm, points, windows, plan: Plan, writer, committed: int, ra
             payload = None
             if k < n_shards:
                 payload = _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, group, meta)
-            payloads = [p for p in _gather(payload, world) if p is not None]
+            payloads = [p for p in gather(payload, world) if p is not None]
             if rank == 0:
                 done = min(plan.total_rows, (first + (j + 1) * world) * S)
                 writer.commit_shards(done, payloads)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from osae.store.digest import file_sha256
+
 log = logging.getLogger(__name__)
 
 STDLIB = "python-stdlib"
@@ -29,14 +31,6 @@ def stdlib_files(include_tests: bool = True) -> list[Path]:
     if not include_tests:
         files = [p for p in files if not ({"test", "tests", "idle_test"} & set(p.relative_to(root).parts))]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -66,7 +60,7 @@ class TextSource:
             listing = "\n".join(p.name + " " + str(p.stat().st_size) for p in self.files)
             out["listing_sha256"] = hashlib.sha256(listing.encode()).hexdigest()
         elif self.kind == "files":
-            out["files"] = [{"path": str(p), "sha256": file_digest(p)} for p in self.files]
+            out["files"] = [{"path": str(p), "sha256": file_sha256(p)} for p in self.files]
         else:
             out.update(config=self.config, revision=self.revision)
         return out

@@ -43,3 +43,12 @@ def fingerprint(meta: dict, manifest: dict[str, np.ndarray]) -> str:
         h.update(path.encode())
         h.update(np.ascontiguousarray(manifest[path], dtype="<u8").tobytes())
     return h.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """sha256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

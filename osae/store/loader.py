@@ -277,7 +277,6 @@ class _ChunkReader(threading.Thread):
         store = run.ld.store
         path = f"{ACTS_GROUP}/{run.ld.hook}"
         direct = run.ld._direct_reader()
-        cr = store.chunk_rows
         try:
             for i in range(self.first_chunk, len(st.chunks)):
                 b = None

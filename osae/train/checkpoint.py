@@ -11,7 +11,6 @@ generations removed. Nothing is pickled.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -22,20 +21,13 @@ from safetensors.torch import load_file, save_file
 
 from osae import __version__
 from osae.errors import CheckpointError
+from osae.store.digest import file_sha256
 from osae.train.architectures import ARCHITECTURES, SAE
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS = "sae.safetensors"
 CONFIG = "config.json"
 STATE_DIR = "state"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -63,7 +55,7 @@ def save_frozen(sae: SAE, directory: Path, meta: dict) -> None:
     config = {
         "format_version": CHECKPOINT_FORMAT, "osae_version": __version__, "architecture": sae.ARCHITECTURE,
         "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "arch_config": sae.cfg.to_dict(), **meta,
-        "weights_sha256": _sha256(tmp),
+        "weights_sha256": file_sha256(tmp),
     }
     os.replace(tmp, weights)
     _atomic_json(directory / CONFIG, config)
@@ -82,7 +74,7 @@ def load_frozen(directory, device: str | torch.device = "cpu") -> tuple[SAE, dic
     if config.get("format_version") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{directory} has checkpoint format {config.get('format_version')}; this osae reads "
                               f"{CHECKPOINT_FORMAT}")
-    if config.get("weights_sha256") and config["weights_sha256"] != _sha256(w_path):
+    if config.get("weights_sha256") and config["weights_sha256"] != file_sha256(w_path):
         raise CheckpointError(f"{directory}: {WEIGHTS} does not match its {CONFIG} (interrupted write); "
                               f"re-run `osae fit --resume` on its run directory to rewrite it")
     arch = config["architecture"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from osae.distributed import barrier, init_distributed
 from osae.errors import CheckpointError
 from osae.store.loader import LoaderConfig, ShuffledLoader, iter_split_rows
 from osae.store.normalize import Normalizer
@@ -19,24 +20,6 @@ from osae.train.config import TrainConfig
 from osae.train.trainer import RUN_CONFIG, RUN_STATE, Trainer
 
 log = logging.getLogger(__name__)
-
-
-def init_distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _device(name: str, rank: int) -> torch.device:
@@ -88,13 +71,13 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | None = None, progress: 
     out = Path(cfg.out)
     if resume is None:
         exists = (out / RUN_CONFIG).exists()
-        _barrier(world)  # every process looks before process 0 writes
+        barrier(world)  # every process looks before process 0 writes
         if exists:
             raise ValueError(f"{out} already holds a run; resume it with `osae fit --resume {out}` or choose another --out")
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
-        _barrier(world)
+        barrier(world)
     normalizer = Normalizer.from_store(store, hook, cfg.normalization)
     stats = store.stats(hook)
     if cfg.normalization == "standardize":

@@ -2,7 +2,6 @@
 dictionary in the ground-truth order; BatchTopK recovers the atoms but in no particular order."""
 
 import numpy as np
-import pytest
 
 from osae.evaluate.consistency import stab_ord
 from osae.store import ActivationStore

@@ -10,7 +10,7 @@ Shapes: B = batch, D = d_in, F = d_sae. Weights are stored F x D (rows are laten
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import torch

@@ -11,7 +11,7 @@ encoder); `selection="token"` uses per-token TopK instead of BatchTopK.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
