@@ -65,10 +65,36 @@ def step_time(spec: SAESpec, steps: int, naive: bool = False) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def end_to_end(arch: str, steps: int, root: str = "/tmp/osae-step-bench") -> float:
+    """Training tokens/s of `osae fit` from a store (loader, trainer, checkpoint at the end included)."""
+    import shutil
+    from pathlib import Path
+
+    from osae.store import StoreWriter, hook_spec
+    from osae.train.fit import fit
+
+    root = Path(root)
+    store = root / "store.zarr"
+    if not store.exists():
+        w = StoreWriter.create(store, hooks={"h": hook_spec(0, D, "float16")}, has_tokens=False, overwrite=True)
+        rng = np.random.default_rng(0)
+        for _ in range(2):
+            w.write({"h": rng.standard_normal((w.shard_rows, D)).astype(np.float16)})
+        w.close()
+    out = root / f"run-{arch}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = TrainConfig(store=str(store), out=str(out), saes=[SAESpec(arch, 0, {"d_sae": K, "k": k})], tokens=B * steps,
+                      batch_size=B, buffer_bytes=2**28, checkpoint_every=10**9)
+    t0 = time.perf_counter()
+    fit(cfg, progress=False)
+    return B * steps / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--e2e-steps", type=int, default=6)
     args = ap.parse_args()
     base = {"d_sae": K, "k": k}
     cases = {
@@ -90,6 +116,7 @@ def main() -> None:
            "seconds_per_step": {n: float(np.mean(t)) for n, t in times.items()}}
     ref = res["seconds_per_step"]["topk"]
     res["ratio_to_topk"] = {n: t / ref for n, t in res["seconds_per_step"].items()}
+    res["end_to_end_tokens_per_s"] = {a: end_to_end(a, args.e2e_steps) for a in ("topk", "osae")}
     print(json.dumps(res, indent=2))
 
 
