@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save_file as _save_file
 
 from osae import __version__
 from osae.errors import CheckpointError
@@ -39,6 +40,19 @@ def _atomic_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def save_file(tensors: dict, path: str) -> None:
+    """safetensors' save_file, with its I/O failures raised as OSError (it raises its own error type)."""
+    try:
+        _save_file(tensors, path)
+    except Exception as exc:  # SafetensorError is not importable by a stable name across versions
+        text = str(exc)
+        if "No space left" in text or "os error 28" in text:
+            raise OSError(errno.ENOSPC, f"no space left writing {path}") from None
+        if "I/O error" in text:
+            raise OSError(errno.EIO, f"{text} ({path})") from None
+        raise
+
+
 def disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -51,7 +65,11 @@ def save_frozen(sae: SAE, directory: Path, meta: dict) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
     if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
         raise CheckpointError(f"refusing to write non-finite weights to {directory}; the previous checkpoint is kept")
-    save_file(tensors, str(tmp))
+    try:
+        save_file(tensors, str(tmp))
+    except OSError:
+        tmp.unlink(missing_ok=True)  # do not leave a half file taking the space that was missing
+        raise
     config = {
         "format_version": CHECKPOINT_FORMAT, "osae_version": __version__, "architecture": sae.ARCHITECTURE,
         "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "arch_config": sae.cfg.to_dict(), **meta,

@@ -46,7 +46,7 @@ class Member:
     generator: torch.Generator
     directory: Path
     frozen_copy: dict = field(default_factory=dict)
-    acc: dict = field(default_factory=lambda: {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0})
+    acc: dict = field(default_factory=lambda: {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None})
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -217,6 +217,9 @@ class Trainer:
         with torch.no_grad():
             sse = ((out.recon.float() - x) ** 2).sum()
             l0 = out.code.l0().float().sum() if isinstance(out.code, SparseCode) else (out.code > 0).sum().float()
+            fires = (torch.bincount(out.code.idx[out.code.vals > 0], minlength=sae.cfg.d_sae)
+                     if isinstance(out.code, SparseCode) else (out.code > 0).sum(0))
+        m.acc["fires"] = fires if m.acc["fires"] is None else m.acc["fires"] + fires
         m.acc["loss"] += float(loss.detach()) * len(x)
         m.acc["sse"] += float(sse)
         m.acc["l0"] += float(l0)
@@ -283,8 +286,10 @@ class Trainer:
                     "sse_per_token": a["sse"] / a["n"], "fvu": a["sse"] / a["n"] / self.total_variance,
                     "l0": a["l0"] / a["n"],
                     "dead_fraction": float((m.since_fired >= self.cfg.dead_window_tokens).float().mean()),
+                    # dense: latents firing on more than 10% of the window's tokens
+                    "dense_fraction": float((a["fires"].float() / a["n"] > 0.1).float().mean()),
                     "lr": m.opt.param_groups[0]["lr"], "tokens_per_s": rate}
             m.directory.mkdir(parents=True, exist_ok=True)
             with open(m.directory / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
-            m.acc = {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0}
+            m.acc = {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None}

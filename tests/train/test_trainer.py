@@ -202,3 +202,21 @@ def test_two_processes_train_the_same_weights_as_one(toy, tmp_path):
     assert set(a) == set(b) == {"topk-K32-k3-s0"}
     for key in a["topk-K32-k3-s0"]:
         torch.testing.assert_close(a["topk-K32-k3-s0"][key], b["topk-K32-k3-s0"][key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(toy, tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        # Each generation of this SAE's state is about 200 KB: the first fits, the second does not.
+        spec = [SAESpec("topk", 0, {"d_sae": 1024, "k": 3}, lr=1e-3)]
+        with pytest.raises(CheckpointError, match="disk full while checkpointing .* previous checkpoint is intact"):
+            fit(_cfg(toy, mount / "run", spec, tokens=256 * 30, checkpoint_every=10), progress=False)
+        state = json.loads((mount / "run" / "run_state.json").read_text())
+        assert state["step"] == 10 and not state["finished"]
+        sae, config = load_frozen(mount / "run" / "topk-K1024-k3-s0")
+        assert config["step"] in (10, 20)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
