@@ -195,16 +195,24 @@ def _non_empty(documents: Iterator[str], name: str) -> Iterator[str]:
 def _forward_rows(lm: LoadedModel, points, batch: np.ndarray, positions: list[np.ndarray], store_dtype: str,
                   cache: dict) -> dict[str, list[np.ndarray]]:
     """Stored rows of every hook for a batch of windows (padding as the pad token, masked out)."""
-    ids = torch.from_numpy(np.where(batch >= 0, batch, 0)).long().to(lm.device)
-    mask = torch.from_numpy(batch >= 0).long().to(lm.device)
+    padded = bool((batch < 0).any())
+    ids = torch.from_numpy(np.where(batch >= 0, batch, 0) if padded else batch).long().to(lm.device)
+    # Full windows need no mask: the model then takes its plain causal path, as a bare forward would.
+    mask = torch.from_numpy(batch >= 0).long().to(lm.device) if padded else None
     try:
         acts = run_to_hooks(lm.model, ids, cache, attention_mask=mask)
     except torch.cuda.OutOfMemoryError:
         raise ValueError(f"out of GPU memory with --batch-size {len(batch)}; try --batch-size {max(1, len(batch) // 2)}") from None
+    same = all(len(p) == len(positions[0]) and p[0] == positions[0][0] for p in positions)
     out = {}
     for p in points:
         a = acts[p.name]
-        out[p.name] = [_to_storage(a[i, torch.from_numpy(pos).long()], store_dtype) for i, pos in enumerate(positions)]
+        if same and len(positions[0]):  # every window keeps the same contiguous positions: one slice, one copy
+            first, n = int(positions[0][0]), len(positions[0])
+            rows = _to_storage(a[:, first : first + n].reshape(-1, a.shape[-1]), store_dtype)
+            out[p.name] = np.split(rows, len(batch))
+        else:
+            out[p.name] = [_to_storage(a[i, torch.from_numpy(pos).long()], store_dtype) for i, pos in enumerate(positions)]
     return out
 
 
