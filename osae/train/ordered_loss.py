@@ -17,8 +17,128 @@ import torch
 
 
 def ordered_loss_sparse(r_BD: torch.Tensor, vals_BN: torch.Tensor, idx_BN: torch.Tensor, W_dec_FD: torch.Tensor,
-                        pi_F: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Per-token expected loss (B,) for padded sparse codes (zero values are padding).
+                        pi_F: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Per-token expected loss (B,) for padded sparse codes (zero values are padding), with hand-written
+    gradients (`_GramLoss`). `ordered_loss_gram` (autograd through the same algebra) and `ordered_loss_segment`
+    (partial sums in index order) are the references the tests compare it with."""
+    return _GramLoss.apply(r_BD, vals_BN, idx_BN, W_dec_FD, pi_F.to(r_BD.dtype), chunk)
+
+
+class _GramLoss(torch.autograd.Function):
+    """The Gram form with its closed-form gradients (methods.md 3.5), per chunk of tokens:
+    forward  one gather of the active atoms and one batched product giving G = D_A D_A^T and c = D_A r;
+    backward with E_ji = a_i min(pi_i, pi_j):  eps_j = pi_j r - (E D_A)_j,
+             dL/da_j = -2 (pi_j c_j - sum_i E_ji G_ji),  dL/dd_j = -2 a_j eps_j (added into W_dec's rows),
+             dL/dr = 2 (r - sum_i pi_i a_i d_i).
+    G and c (chunk x n x n) are kept from the forward; the atoms are gathered again."""
+
+    @staticmethod
+    def _atoms(W, idx):
+        return torch.index_select(W, 0, idx.reshape(-1)).view(*idx.shape, W.shape[1])
+
+    @staticmethod
+    def forward(ctx, r, vals, idx, W, pi, chunk):
+        out = torch.empty(len(r), dtype=r.dtype, device=r.device)
+        grams, cs = [], []
+        for s in range(0, len(r), chunk):
+            rr, a, ix = r[s : s + chunk], vals[s : s + chunk], idx[s : s + chunk]
+            atoms = _GramLoss._atoms(W, ix)
+            both = torch.bmm(atoms, torch.cat([atoms, rr[:, None, :]], 1).transpose(1, 2))  # (b, n, n + 1)
+            G, c = both[:, :, :-1], both[:, :, -1]
+            p = pi[ix]
+            pmin = torch.minimum(p[:, :, None], p[:, None, :])
+            quad = ((G * pmin) @ a[:, :, None]).squeeze(2)
+            out[s : s + chunk] = (rr * rr).sum(1) - 2 * (p * a * c).sum(1) + (a * quad).sum(1)
+            grams.append(G)
+            cs.append(c)
+        ctx.save_for_backward(r, vals, idx, W, pi, torch.cat(grams), torch.cat(cs))
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        r, vals, idx, W, pi, G_all, c_all = ctx.saved_tensors
+        g_r = torch.empty_like(r) if ctx.needs_input_grad[0] else None
+        g_vals = torch.empty_like(vals) if ctx.needs_input_grad[1] else None
+        g_W = torch.zeros_like(W) if ctx.needs_input_grad[3] else None
+        for s in range(0, len(r), ctx.chunk):
+            sl = slice(s, s + ctx.chunk)
+            rr, a, ix, go = r[sl], vals[sl], idx[sl], grad_out[sl]
+            G, c = G_all[sl], c_all[sl]
+            p = pi[ix]
+            E = torch.minimum(p[:, :, None], p[:, None, :]) * a[:, None, :]  # E[j, i] = a_i min(pi_i, pi_j)
+            if g_vals is not None:
+                g_vals[sl] = -2 * go[:, None] * (p * c - (E * G).sum(2))
+            if g_r is not None or g_W is not None:
+                atoms = _GramLoss._atoms(W, ix)
+            if g_r is not None:
+                g_r[sl] = 2 * go[:, None] * (rr - torch.bmm((p * a)[:, None, :], atoms).squeeze(1))
+            if g_W is not None:
+                eps = p[:, :, None] * rr[:, None, :] - torch.bmm(E, atoms)
+                g_W.index_add_(0, ix.reshape(-1), (-2 * (go[:, None] * a)[:, :, None] * eps).reshape(-1, W.shape[1]))
+        return g_r, g_vals, None, g_W, None, None
+
+
+def ordered_loss_segment(r_BD, vals_BN, idx_BN, W_dec_FD, pi_F, chunk: int = 256) -> torch.Tensor:
+    """The segment form (methods.md 3.2) with its own backward: a second exact implementation."""
+    return _SegmentLoss.apply(r_BD, vals_BN, idx_BN, W_dec_FD, pi_F.to(r_BD.dtype), chunk)
+
+
+class _SegmentLoss(torch.autograd.Function):
+    """Sort each token's active latents by index (so pi is non-increasing along them), form the partial
+    sums S_t = sum_{s<=t} a_s d_s, and use E_L||e_L||^2 = ||r||^2 + sum_t w_t (||S_t||^2 - 2<r, S_t>) with
+    w_t = pi_t - pi_{t+1} (pi_{n+1} = 0), the probability that L stops between the t-th and (t+1)-th active
+    latent. Gradients: dL/dS_t = 2 w_t (S_t - r); each latent's term gathers the reverse cumulative sum
+    Gamma_t = sum_{u>=t} dL/dS_u, so dL/da_t = <Gamma_t, d_t> and dL/dd_t = a_t Gamma_t (added into W_dec's
+    rows with index_add_), and dL/dr = 2 r - 2 sum_t w_t S_t. Chunks of the batch bound the memory."""
+
+    @staticmethod
+    def _sorted(vals, idx, pi):
+        idx_s, order = torch.sort(idx, dim=1)
+        a = vals.gather(1, order)
+        p = pi[idx_s]
+        w = p - torch.cat([p[:, 1:], torch.zeros_like(p[:, :1])], dim=1)
+        return idx_s, a, w, order
+
+    @staticmethod
+    def forward(ctx, r, vals, idx, W, pi, chunk):
+        out = torch.empty(len(r), dtype=r.dtype, device=r.device)
+        for s in range(0, len(r), chunk):
+            rr, (idx_s, a, w, _) = r[s : s + chunk], _SegmentLoss._sorted(vals[s : s + chunk], idx[s : s + chunk], pi)
+            S = torch.cumsum(a[:, :, None] * W[idx_s], dim=1)  # (b, n, d)
+            phi = (S * S).sum(2) - 2 * torch.einsum("bnd,bd->bn", S, rr)
+            out[s : s + chunk] = (rr * rr).sum(1) + (w * phi).sum(1)
+        ctx.save_for_backward(r, vals, idx, W, pi)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        r, vals, idx, W, pi = ctx.saved_tensors
+        g_r = torch.empty_like(r) if ctx.needs_input_grad[0] else None
+        g_vals = torch.empty_like(vals) if ctx.needs_input_grad[1] else None
+        g_W = torch.zeros_like(W) if ctx.needs_input_grad[3] else None
+        for s in range(0, len(r), ctx.chunk):
+            sl = slice(s, s + ctx.chunk)
+            rr, go = r[sl], grad_out[sl]
+            idx_s, a, w, order = _SegmentLoss._sorted(vals[sl], idx[sl], pi)
+            atoms = W[idx_s]
+            S = torch.cumsum(a[:, :, None] * atoms, dim=1)
+            gS = (2 * go[:, None, None] * w[:, :, None]) * (S - rr[:, None, :])
+            gamma = torch.flip(torch.cumsum(torch.flip(gS, [1]), dim=1), [1])
+            if g_r is not None:
+                g_r[sl] = 2 * go[:, None] * (rr - torch.einsum("bn,bnd->bd", w, S))
+            if g_vals is not None:
+                g_sorted = (gamma * atoms).sum(2)
+                g_vals[sl] = torch.empty_like(g_sorted).scatter_(1, order, g_sorted)
+            if g_W is not None:
+                g_W.index_add_(0, idx_s.reshape(-1), (a[:, :, None] * gamma).reshape(-1, W.shape[1]))
+        return g_r, g_vals, None, g_W, None, None
+
+
+def ordered_loss_gram(r_BD: torch.Tensor, vals_BN: torch.Tensor, idx_BN: torch.Tensor, W_dec_FD: torch.Tensor,
+                      pi_F: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """The inclusion-weight (Gram) form with autograd: the reference implementation.
 
     B = batch, N = active slots per token, D = d_in, F = d_sae. The batch is processed in chunks so the
     gathered atoms (chunk x N x D) stay small.

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from osae.train.ordered_loss import ordered_loss_bruteforce, ordered_loss_dense, ordered_loss_sparse
+from osae.train.ordered_loss import (ordered_loss_bruteforce, ordered_loss_dense, ordered_loss_gram, ordered_loss_segment,
+                                     ordered_loss_sparse)
 from osae.train.prefix import boundaries_to_pi, inclusion_weights
 
 
@@ -26,6 +27,8 @@ def test_exact_forms_equal_the_average_over_all_prefixes(seed):
     r, z, idx, vals, W, pi = _case(seed)
     brute = ordered_loss_bruteforce(r, z, W, pi)
     torch.testing.assert_close(ordered_loss_sparse(r, vals, idx, W, pi, chunk=4), brute, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ordered_loss_gram(r, vals, idx, W, pi, chunk=4), brute, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ordered_loss_segment(r, vals, idx, W, pi, chunk=4), brute, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ordered_loss_dense(r, z, W, pi), brute, rtol=1e-12, atol=1e-12)
 
 
@@ -67,3 +70,20 @@ def test_inclusion_weights_are_a_valid_tail(law):
     assert pi[0] <= 1 + 1e-12 and pi[-1] > 0 and bool((pi[1:] <= pi[:-1] + 1e-12).all())
     if law == "uniform":
         torch.testing.assert_close(pi, torch.arange(64, 0, -1, dtype=torch.float64) / 64)
+
+
+def test_the_hand_written_backward_passes_gradcheck_and_equals_the_gram_form():
+    r, z, idx, vals, W, pi = _case(11, B=5, K=12, d=4, n=4)
+    inputs = (r.clone().requires_grad_(), vals.clone().requires_grad_(), idx, W.clone().requires_grad_(), pi)
+    for fn in (ordered_loss_sparse, ordered_loss_segment):
+        assert torch.autograd.gradcheck(lambda r_, v_, W_: fn(r_, v_, idx, W_, pi, chunk=2),
+                                        (inputs[0], inputs[1], inputs[3]))
+    g = torch.randn(5, dtype=torch.float64)
+    grads = []
+    for fn in (ordered_loss_sparse, ordered_loss_gram, ordered_loss_segment):
+        rr, vv, WW = r.clone().requires_grad_(), vals.clone().requires_grad_(), W.clone().requires_grad_()
+        (fn(rr, vv, idx, WW, pi, chunk=3) * g).sum().backward()
+        grads.append((rr.grad, vv.grad, WW.grad))
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
