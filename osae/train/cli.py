@@ -35,6 +35,8 @@ def fit_cmd(
     k_init: int = typer.Option(None, help="osae: first k of the warm-up (default: no warm-up)."),
     k_warmup_steps: int = typer.Option(0, help="osae: warm-up length in steps."),
     accum_steps: int = typer.Option(1, help="Micro-batches per optimizer update."),
+    lr_schedule: str = typer.Option("constant-decay", help="constant-decay (linear to 0 over the last 20%) or cosine."),
+    lr_warmup_steps: int = typer.Option(1000, help="Linear learning-rate warm-up, in steps."),
     checkpoint_every: int = typer.Option(2000, help="Steps between checkpoints."),
     nonfinite: str = typer.Option("skip", help="A batch with NaN/Inf: skip (counted) or stop."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -67,6 +69,7 @@ def fit_cmd(
             specs = [SAESpec(arch=arch, seed=s, config=dict(config), lr=lr) for s in _seeds(seeds)]
         cfg = TrainConfig(store=store, out=out or resume, saes=specs, hook=hook, tokens=tokens, batch_size=batch_size,
                           normalization=normalization, accum_steps=accum_steps, checkpoint_every=checkpoint_every,
+                          lr_schedule=lr_schedule, lr_warmup_steps=lr_warmup_steps,
                           nonfinite=nonfinite, device=device, autocast=autocast, data_seed=data_seed)
         summary = fit(cfg, resume=resume, progress=not json_out)
     if json_out:
