@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
+from osae.config_io import known_fields
 from osae.harvest.hooks import HOOKS
 from osae.harvest.sources import STDLIB
 from osae.harvest.windows import WINDOW_MODES
@@ -87,8 +88,4 @@ class HarvestConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HarvestConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            log.warning("ignoring unknown harvest settings %s", unknown)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**known_fields(cls, d, "harvest"))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from osae.config_io import known_fields
 from osae.store.normalize import NORMALIZATIONS
 from osae.train.architectures import ARCHITECTURES
 
@@ -126,11 +127,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            log.warning("ignoring unknown training settings %s", unknown)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**known_fields(cls, d, "training"))
 
 
 def load_sweep(path: str | Path) -> list[SAESpec]:
