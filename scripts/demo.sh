@@ -16,4 +16,4 @@ if [ ! -f "$OUT/run/run_state.json" ]; then
 else
   osae fit --resume "$OUT/run"
 fi
-python scripts/demo_report.py "$OUT/run" "$OUT/stdlib-l3.zarr"
+osae evaluate "$OUT/run" --store "$OUT/stdlib-l3.zarr" --out "$OUT/report" --max-tokens 25000 --lm-tokens 20000

@@ -1,0 +1,152 @@
+"""`evaluate`: every metric of frozen checkpoints on a store's held-out split, and consistency between them.
+
+Per SAE: reconstruction (osae.evaluate.reconstruction), model-level CE/KL (osae.evaluate.lm_metrics) when
+the store's model loads, power laws, and Stab/Ord against the ground truth of synthetic stores. Across SAEs:
+Stab, Ord and their prefix curves for every pair of the same architecture and size (seeds of one
+configuration). A metric that cannot be computed is null with the reason in `notes`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from osae.errors import CheckpointError
+from osae.evaluate.consistency import match, prefix_curves
+from osae.evaluate.reconstruction import power_law, reconstruction_metrics
+from osae.store.normalize import Normalizer
+from osae.store.reader import ActivationStore
+from osae.train.checkpoint import CONFIG, load_frozen
+
+log = logging.getLogger(__name__)
+
+
+def find_checkpoints(paths: list[str]) -> list[Path]:
+    """Checkpoint directories among `paths` (a run directory contributes all of its SAEs)."""
+    found = []
+    for p in map(Path, paths):
+        if (p / CONFIG).exists():
+            found.append(p)
+        elif p.is_dir() and any((c / CONFIG).exists() for c in p.iterdir()):
+            found.extend(sorted(c for c in p.iterdir() if (c / CONFIG).exists()))
+        else:
+            raise CheckpointError(f"{p} is neither a checkpoint (no {CONFIG}) nor a run directory holding checkpoints")
+    return found
+
+
+def _family(name: str) -> str:
+    return re.sub(r"-s\d+$", "", name)
+
+
+def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, require_model: bool = False,
+             model: str | None = None, max_tokens: int = 1_000_000, lm_tokens: int = 200_000,
+             device: str = "cpu") -> dict:
+    store = ActivationStore(store_url)
+    ckpts = find_checkpoints(paths)
+    notes: dict[str, str] = {}
+    loaded = {}
+    for c in ckpts:
+        sae, cfg = load_frozen(c, device=device)
+        hook = cfg.get("hook")
+        if hook not in store.hooks:
+            raise CheckpointError(f"{c} was trained on hook '{hook}', which {store.loc.display} does not hold "
+                                  f"(it has {sorted(store.hooks)}); pass the matching store")
+        if store.d_model(hook) != sae.cfg.d_in:
+            raise CheckpointError(f"store at {store.loc.display} has d_in={store.d_model(hook)} but {c} expects "
+                                  f"{sae.cfg.d_in}; pass the matching store or retrain")
+        loaded[c.name] = (sae, cfg, Normalizer.from_dict(cfg.get("normalization", {"kind": "none"})))
+    lm = _load_lm(store, model, use_model, require_model, notes, device)
+    gt = store.ground_truth()
+    saes = {}
+    for name, (sae, cfg, norm) in loaded.items():
+        rec = reconstruction_metrics(sae, norm, store, cfg["hook"], max_tokens=max_tokens, device=device)
+        entry = {k: v for k, v in rec.items() if k not in ("freq", "ea2")}
+        ea2 = power_law(rec["ea2"])
+        entry.update(power_law_exponent=ea2["exponent"], power_law_r2=ea2["r2"],
+                     power_law_freq=power_law(rec["freq"]),
+                     power_law_decoder_spectrum=power_law(torch.linalg.svdvals(sae.W_dec.detach().double()).pow(2).numpy()))
+        entry.update(architecture=cfg["architecture"], d_sae=sae.cfg.d_sae, hook=cfg["hook"], step=cfg.get("step"))
+        lm_keys = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_ablated", "ce_loss_recovered", "kl")
+        if lm is not None:
+            from osae.evaluate.lm_metrics import lm_metrics
+
+            try:
+                entry.update(lm_metrics(lm, sae, norm, store, cfg["hook"], max_tokens=lm_tokens))
+            except ValueError as exc:
+                entry.update({k: None for k in lm_keys})
+                notes[f"{name}.lm"] = str(exc)
+        else:
+            entry.update({k: None for k in lm_keys})
+        if gt is not None and "dictionary" in gt:
+            m = match(sae.W_dec, gt["dictionary"])
+            entry.update(stab_gt=m.stab, ord_gt=m.ord)
+        saes[name] = entry
+    pairs = []
+    names = sorted(loaded)
+    for a, b in combinations(names, 2):
+        if _family(a) != _family(b):
+            continue
+        Da, Db = loaded[a][0].W_dec, loaded[b][0].W_dec
+        m = match(Da, Db)
+        pairs.append({"a": a, "b": b, "stab": m.stab, "ord": m.ord, "matching": m.method,
+                      "stab_z": None, "ord_z": None, "prefix": prefix_curves(Da, Db)})
+    if pairs:
+        notes["stab_z"] = "activation-based Stab_Z/Ord_Z are not implemented yet"
+    return {"store": store.loc.display, "saes": saes, "pairs": pairs, "notes": notes}
+
+
+def _load_lm(store: ActivationStore, model: str | None, use_model: bool, require: bool, notes: dict, device: str):
+    if not use_model:
+        notes["lm"] = "model-level metrics skipped (--no-model)"
+        return None
+    source = model or (store.meta.get("provenance", {}).get("model") or {}).get("source")
+    if not source:
+        notes["lm"] = "the store names no model (not harvested by osae); pass --model to compute CE and KL"
+        if require:
+            raise ValueError(notes["lm"])
+        return None
+    from osae.harvest.models import load_model
+
+    try:
+        return load_model(source, device=device).model
+    except ValueError as exc:
+        if require:
+            raise
+        notes["lm"] = f"model-level metrics skipped: {exc}"
+        log.warning("%s", notes["lm"])
+        return None
+
+
+def write_outputs(result: dict, out: Path) -> None:
+    """metrics.json, and a tidy table (one row per SAE and metric) as CSV and parquet."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    rows = {"sae": [], "metric": [], "value": []}
+    for name, entry in result["saes"].items():
+        for key, val in entry.items():
+            if isinstance(val, (int, float)) and not isinstance(val, bool):
+                rows["sae"].append(name), rows["metric"].append(key), rows["value"].append(float(val))
+            elif key == "progressive_fvu":
+                for g, v in val.items():
+                    rows["sae"].append(name), rows["metric"].append(f"fvu@{g}"), rows["value"].append(float(v))
+    table = pa.table(rows)
+    pq.write_table(table, out / "metrics.parquet")
+    pacsv.write_csv(table, out / "metrics.csv")
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj).__name__)

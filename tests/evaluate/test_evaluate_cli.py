@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from osae.store import StoreWriter, hook_spec
+from osae.store.toy import ToyConfig, write_toy_store
+from osae.train.config import SAESpec, TrainConfig
+from osae.train.fit import fit
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ev")
+    write_toy_store(root / "toy.zarr", ToyConfig(d=16, n_atoms=32, m=3, n=8000, n_eval=1000))
+    specs = [SAESpec("osae", s, {"d_sae": 32, "k": 3}, lr=3e-3) for s in (0, 1)]
+    fit(TrainConfig(store=str(root / "toy.zarr"), out=str(root / "run"), saes=specs, tokens=256 * 30, batch_size=256,
+                    buffer_bytes=2**20, lr_warmup_steps=2, normalization="none"), progress=False)
+    return root
+
+
+def _osae(*args):
+    return subprocess.run([sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_reports_every_sae_and_pair_with_ground_truth(run, tmp_path):
+    proc = _osae("evaluate", run / "run", "--store", run / "toy.zarr", "--out", tmp_path / "rep", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result["saes"]) == {"osae-K32-k3-s0", "osae-K32-k3-s1"}
+    m = result["saes"]["osae-K32-k3-s0"]
+    for key in ("fvu", "mse", "cosine", "l0", "dead_fraction", "power_law_exponent", "power_law_r2", "stab_gt", "ord_gt"):
+        assert m[key] is not None, key
+    assert m["ce_loss_recovered"] is None and "lm" in result["notes"]  # a synthetic store names no model
+    pair = result["pairs"][0]
+    assert {"a", "b", "stab", "ord", "prefix"} <= set(pair) and "32" in pair["prefix"]
+    assert (tmp_path / "rep" / "metrics.parquet").exists() and (tmp_path / "rep" / "metrics.csv").exists()
+
+
+def test_evaluate_refuses_a_store_of_another_width(run, tmp_path):
+    w = StoreWriter.create(tmp_path / "other.zarr", hooks={"toy": hook_spec(None, 8, "float32")}, has_tokens=False)
+    import numpy as np
+    w.write({"toy": np.zeros((600, 8), np.float32)})
+    w.close()
+    proc = _osae("evaluate", run / "run", "--store", tmp_path / "other.zarr")
+    assert proc.returncode == 1 and "d_in=8 but" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _osae("evaluate", tmp_path, "--store", run / "toy.zarr")
+    assert proc.returncode == 1 and "neither a checkpoint" in proc.stderr
