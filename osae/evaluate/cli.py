@@ -45,3 +45,22 @@ def evaluate_cmd(
         typer.echo(f"{p['a']} / {p['b']}: Stab {p['stab']:.3f}  Ord {p['ord']:.3f}")
     for key, note in result["notes"].items():
         typer.echo(f"note ({key}): {note}", err=True)
+
+
+@user_errors
+def permute_cmd(
+    checkpoint: str = typer.Argument(..., help="Frozen checkpoint directory."),
+    by: str = typer.Option("ea2", "--by", help="ea2 (E[z^2]) or freq (firing frequency)."),
+    store: str = typer.Option(..., "--store", help="Store for the calibration tokens (its training split)."),
+    out: str = typer.Option(..., "--out", help="New checkpoint directory."),
+    tokens: int = typer.Option(1_000_000, help="Calibration tokens."),
+) -> None:
+    """Reorder a trained SAE's latents by importance, as a new frozen checkpoint (reconstructions unchanged).
+
+    Examples:
+      osae permute runs/topk/topk-K4096-k32-s0 --by ea2 --store acts.zarr --out runs/topk-ea2
+    """
+    from osae.evaluate.permute import permute_checkpoint
+
+    result = permute_checkpoint(checkpoint, store, out, by=by, max_tokens=tokens)
+    typer.echo(f"wrote {result['out']}: latents ordered by {result['by']} ({result['moved']} moved)")
