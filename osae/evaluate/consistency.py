@@ -70,3 +70,36 @@ def prefix_curves(D_a, D_b, prefixes: list[int] | None = None) -> dict[int, dict
         m = match(np.asarray(unit_rows(D_a))[:p], np.asarray(unit_rows(D_b))[:p])
         out[int(p)] = {"stab": m.stab, "ord": m.ord}
     return out
+
+
+class CodeCorrelation:
+    """Streams the cross-moments of two codes over the same tokens and gives Stab_Z / Ord_Z (methods.md 4.4):
+    S_ij = Pearson(z_a_i, z_b_j) over the tokens (0 for a latent that never varies), Hungarian on S."""
+
+    def __init__(self, K_a: int, K_b: int):
+        self.n = 0
+        self.sa, self.sb = torch.zeros(K_a, dtype=torch.float64), torch.zeros(K_b, dtype=torch.float64)
+        self.qa, self.qb = torch.zeros(K_a, dtype=torch.float64), torch.zeros(K_b, dtype=torch.float64)
+        self.cross = torch.zeros(K_a, K_b, dtype=torch.float64)
+
+    def add(self, z_a: torch.Tensor, z_b: torch.Tensor) -> None:
+        za, zb = z_a.double(), z_b.double()
+        self.n += len(za)
+        self.sa += za.sum(0)
+        self.sb += zb.sum(0)
+        self.qa += (za * za).sum(0)
+        self.qb += (zb * zb).sum(0)
+        self.cross += za.T @ zb
+
+    def correlation(self) -> np.ndarray:
+        n = max(self.n, 1)
+        cov = self.cross / n - torch.outer(self.sa / n, self.sb / n)
+        va = (self.qa / n - (self.sa / n) ** 2).clamp_min(0)
+        vb = (self.qb / n - (self.sb / n) ** 2).clamp_min(0)
+        denom = torch.sqrt(torch.outer(va, vb))
+        return torch.where(denom > 1e-20, cov / denom.clamp_min(1e-20), torch.zeros_like(cov)).numpy()
+
+    def match(self) -> Matching:
+        S = self.correlation()
+        r, c = linear_sum_assignment(S, maximize=True)
+        return Matching(r, c, S[r, c], "dense")

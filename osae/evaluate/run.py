@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from osae.errors import CheckpointError
-from osae.evaluate.consistency import match, prefix_curves
+from osae.evaluate.consistency import CodeCorrelation, match, prefix_curves
 from osae.evaluate.reconstruction import power_law, reconstruction_metrics
+from osae.store.loader import iter_split_rows
 from osae.store.normalize import Normalizer
-from osae.store.reader import ActivationStore
+from osae.store.reader import ActivationStore, to_float32
+from osae.train.architectures.base import SparseCode
 from osae.train.checkpoint import CONFIG, load_frozen
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def _family(name: str) -> str:
 
 def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, require_model: bool = False,
              model: str | None = None, max_tokens: int = 1_000_000, lm_tokens: int = 200_000,
-             device: str = "cpu") -> dict:
+             z_tokens: int = 100_000, z_max_latents: int = 8192, device: str = "cpu") -> dict:
     store = ActivationStore(store_url)
     ckpts = find_checkpoints(paths)
     notes: dict[str, str] = {}
@@ -94,11 +96,31 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
             continue
         Da, Db = loaded[a][0].W_dec, loaded[b][0].W_dec
         m = match(Da, Db)
-        pairs.append({"a": a, "b": b, "stab": m.stab, "ord": m.ord, "matching": m.method,
-                      "stab_z": None, "ord_z": None, "prefix": prefix_curves(Da, Db)})
-    if pairs:
-        notes["stab_z"] = "activation-based Stab_Z/Ord_Z are not implemented yet"
+        entry = {"a": a, "b": b, "stab": m.stab, "ord": m.ord, "matching": m.method, "stab_z": None, "ord_z": None,
+                 "prefix": prefix_curves(Da, Db)}
+        if max(loaded[a][0].cfg.d_sae, loaded[b][0].cfg.d_sae) <= z_max_latents:
+            mz = code_correlation(loaded[a], loaded[b], store, z_tokens, device).match()
+            entry.update(stab_z=mz.stab, ord_z=mz.ord)
+        else:
+            notes["stab_z"] = f"Stab_Z/Ord_Z skipped above {z_max_latents} latents (K x K correlation matrix)"
+        pairs.append(entry)
     return {"store": store.loc.display, "saes": saes, "pairs": pairs, "notes": notes}
+
+
+@torch.no_grad()
+def code_correlation(a, b, store: ActivationStore, max_tokens: int, device: str, batch: int = 4096) -> CodeCorrelation:
+    (sae_a, cfg_a, norm_a), (sae_b, _, norm_b) = a, b
+    hook = cfg_a["hook"]
+    acc = CodeCorrelation(sae_a.cfg.d_sae, sae_b.cfg.d_sae)
+    for _, rows in iter_split_rows(store, hook, "eval", max_rows=max_tokens):
+        x_all = torch.from_numpy(to_float32(rows, store.dtype(hook)))
+        for s in range(0, len(x_all), batch):
+            x = x_all[s : s + batch].to(device)
+            za, zb = sae_a.encode(norm_a.forward(x)), sae_b.encode(norm_b.forward(x))
+            za = za.dense(sae_a.cfg.d_sae) if isinstance(za, SparseCode) else za
+            zb = zb.dense(sae_b.cfg.d_sae) if isinstance(zb, SparseCode) else zb
+            acc.add(za.cpu(), zb.cpu())
+    return acc
 
 
 def _load_lm(store: ActivationStore, model: str | None, use_model: bool, require: bool, notes: dict, device: str):

@@ -51,3 +51,25 @@ def test_sparse_matching_agrees_with_the_exact_one():
     sparse = match(D, noisy, exact_limit=100)
     assert sparse.method.startswith("sparse")
     assert sparse.stab == pytest.approx(exact.stab, abs=1e-9) and sparse.ord == pytest.approx(exact.ord, abs=1e-9)
+
+
+def test_code_correlation_matches_a_permuted_copy_and_treats_constant_latents_as_zero():
+    import torch
+
+    from osae.evaluate.consistency import CodeCorrelation
+
+    rng = np.random.default_rng(0)
+    z = torch.from_numpy(np.abs(rng.standard_normal((500, 12))) * (rng.random((500, 12)) < 0.3))
+    z[:, 5] = 0  # a dead latent
+    perm = rng.permutation(12)
+    acc = CodeCorrelation(12, 12)
+    for s in range(0, 500, 128):
+        acc.add(z[s : s + 128], z[s : s + 128][:, perm])
+    S = acc.correlation()
+    assert S[5].max() == 0
+    m = acc.match()
+    alive = [i for i in range(12) if i != 5]
+    assert np.allclose(m.cosines[alive], 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # numpy's corrcoef divides by the dead latent's zero std
+        reference = np.nan_to_num(np.corrcoef(z.numpy().T, z.numpy()[:, perm].T)[:12, 12:])
+    np.testing.assert_allclose(S, reference, atol=1e-9)

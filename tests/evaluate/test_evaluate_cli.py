@@ -33,6 +33,7 @@ def test_evaluate_reports_every_sae_and_pair_with_ground_truth(run, tmp_path):
     for key in ("fvu", "mse", "cosine", "l0", "dead_fraction", "power_law_exponent", "power_law_r2", "stab_gt", "ord_gt"):
         assert m[key] is not None, key
     assert m["ce_loss_recovered"] is None and "lm" in result["notes"]  # a synthetic store names no model
+    assert result["pairs"][0]["stab_z"] is not None and -1 <= result["pairs"][0]["ord_z"] <= 1
     pair = result["pairs"][0]
     assert {"a", "b", "stab", "ord", "prefix"} <= set(pair) and "32" in pair["prefix"]
     assert (tmp_path / "rep" / "metrics.parquet").exists() and (tmp_path / "rep" / "metrics.csv").exists()
