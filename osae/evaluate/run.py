@@ -2,8 +2,9 @@
 
 Per SAE: reconstruction (osae.evaluate.reconstruction), model-level CE/KL (osae.evaluate.lm_metrics) when
 the store's model loads, power laws, and Stab/Ord against the ground truth of synthetic stores. Across SAEs:
-Stab, Ord and their prefix curves for every pair of the same architecture and size (seeds of one
-configuration). A metric that cannot be computed is null with the reason in `notes`.
+Stab, Ord, their prefix curves and Stab_Z/Ord_Z for every pair of the same architecture and size (seeds of
+one configuration), and the stitching fractions between two sizes of one architecture. A metric that
+cannot be computed is null with the reason in `notes`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from osae.errors import CheckpointError
 from osae.evaluate.consistency import CodeCorrelation, match, prefix_curves
 from osae.evaluate.reconstruction import power_law, reconstruction_metrics
+from osae.evaluate.stitching import stitching
 from osae.store.loader import iter_split_rows
 from osae.store.normalize import Normalizer
 from osae.store.reader import ActivationStore, to_float32
@@ -104,7 +106,18 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
         else:
             notes["stab_z"] = f"Stab_Z/Ord_Z skipped above {z_max_latents} latents (K x K correlation matrix)"
         pairs.append(entry)
-    return {"store": store.loc.display, "saes": saes, "pairs": pairs, "notes": notes}
+    stitched = []
+    for a, b in combinations(names, 2):
+        (sa, ca, _), (sb, cb, _) = loaded[a], loaded[b]
+        if ca["architecture"] != cb["architecture"] or sa.cfg.d_sae == sb.cfg.d_sae:
+            continue
+        small, large = ((a, sa, ca), (b, sb, cb)) if sa.cfg.d_sae < sb.cfg.d_sae else ((b, sb, cb), (a, sa, ca))
+        try:
+            r = stitching((small[1], small[2]), (large[1], large[2]), store, small[2]["hook"], max_tokens=max_tokens)
+            stitched.append({"small": small[0], "large": large[0], **r})
+        except ValueError as exc:
+            notes[f"stitching.{small[0]}.{large[0]}"] = str(exc)
+    return {"store": store.loc.display, "saes": saes, "pairs": pairs, "stitching": stitched, "notes": notes}
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from osae.train.fit import fit
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ev")
     write_toy_store(root / "toy.zarr", ToyConfig(d=16, n_atoms=32, m=3, n=8000, n_eval=1000))
-    specs = [SAESpec("osae", s, {"d_sae": 32, "k": 3}, lr=3e-3) for s in (0, 1)]
+    specs = [SAESpec("osae", s, {"d_sae": 32, "k": 3}, lr=3e-3) for s in (0, 1)] + [SAESpec("osae", 0, {"d_sae": 64, "k": 3}, lr=3e-3)]
     fit(TrainConfig(store=str(root / "toy.zarr"), out=str(root / "run"), saes=specs, tokens=256 * 30, batch_size=256,
                     buffer_bytes=2**20, lr_warmup_steps=2, normalization="none"), progress=False)
     return root
@@ -28,7 +28,11 @@ def test_evaluate_reports_every_sae_and_pair_with_ground_truth(run, tmp_path):
     proc = _osae("evaluate", run / "run", "--store", run / "toy.zarr", "--out", tmp_path / "rep", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert set(result["saes"]) == {"osae-K32-k3-s0", "osae-K32-k3-s1"}
+    assert set(result["saes"]) == {"osae-K32-k3-s0", "osae-K32-k3-s1", "osae-K64-k3-s0"}
+    assert len(result["pairs"]) == 1  # seeds of one configuration only
+    st = result["stitching"]
+    assert len(st) == 2 and st[0]["large"] == "osae-K64-k3-s0"
+    assert abs(st[0]["novel_fraction"] + st[0]["reconstruction_fraction"] + st[0]["no_change_fraction"] - 1) < 1e-9
     m = result["saes"]["osae-K32-k3-s0"]
     for key in ("fvu", "mse", "cosine", "l0", "dead_fraction", "power_law_exponent", "power_law_r2", "stab_gt", "ord_gt"):
         assert m[key] is not None, key

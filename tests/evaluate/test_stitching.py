@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+import torch
+
+from osae.evaluate.stitching import stitching
+from osae.store import ActivationStore, StoreWriter, hook_spec
+from osae.train.architectures import build
+
+
+def _projector(atoms: torch.Tensor):
+    """A ReLU SAE whose code is the projection on orthonormal atoms: z_i = relu(<x, a_i>)."""
+    sae = build("relu", d_in=atoms.shape[1], d_sae=atoms.shape[0], k=1).eval()
+    with torch.no_grad():
+        sae.W_enc.copy_(atoms)
+        sae.W_dec.copy_(atoms)
+        sae.b_enc.fill_(-1e-4)  # float noise along unused atoms must not count as firing
+    return sae
+
+
+def test_stitching_finds_exactly_the_atoms_the_small_sae_lacks(tmp_path):
+    d = 16
+    basis = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0)))[0].T  # orthonormal rows
+    rng = np.random.default_rng(0)
+    y = np.abs(rng.standard_normal((3000, 12))) * (rng.random((3000, 12)) < 0.3)  # atoms 12..15 never used
+    x = (y @ basis[:12].numpy()).astype(np.float32)
+    w = StoreWriter.create(tmp_path / "s.zarr", hooks={"h": hook_spec(None, d, "float32")}, has_tokens=False,
+                           chunk_rows=256, split={"rule": "explicit-chunks", "eval_chunks": list(range(12))})
+    w.write({"h": x})
+    w.close()
+    small = (_projector(basis[:6]), {"normalization": {"kind": "none"}})
+    large = (_projector(basis), {"normalization": {"kind": "none"}})
+    r = stitching(small, large, ActivationStore(tmp_path / "s.zarr"), "h")
+    # atoms 0-5 are already in the small SAE (adding them double-counts), 6-11 are new, 12-15 never fire
+    assert r["reconstruction_fraction"] == pytest.approx(6 / 16)
+    assert r["novel_fraction"] == pytest.approx(6 / 16)
+    assert r["no_change_fraction"] == pytest.approx(4 / 16) and r["never_fired_fraction"] == pytest.approx(4 / 16)
