@@ -105,3 +105,28 @@ def power_law(values: np.ndarray) -> dict:
     pred = a + b * lr
     ss_res, ss_tot = float(((lv - pred) ** 2).sum()), float(((lv - lv.mean()) ** 2).sum())
     return {"exponent": float(b), "intercept": float(a), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else None, "n": int(len(v))}
+
+
+@torch.no_grad()
+def rsa(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *, n: int = 1000, repeats: int = 5,
+        seed: int = 0) -> dict:
+    """Representational similarity (methods.md 4.8): Spearman correlation between the upper triangles of the
+    1 - cos dissimilarity matrices of x and x_hat, over `repeats` disjoint samples of n held-out tokens."""
+    from scipy.stats import spearmanr
+
+    rows = [r for _, r in iter_split_rows(store, hook, "eval", max_rows=n * repeats * 4)]
+    x_all = torch.from_numpy(to_float32(np.concatenate(rows), store.dtype(hook)))
+    order = np.random.default_rng(seed).permutation(len(x_all))
+    per = min(n, len(x_all) // repeats)
+    if per < 3:
+        return {"rsa": None, "rsa_std": None, "rsa_n": per}
+    iu = np.triu_indices(per, 1)
+    values = []
+    for i in range(repeats):
+        x = x_all[order[i * per : (i + 1) * per]]
+        x_hat = normalizer.inverse(sae.decode(sae.encode(normalizer.forward(x))))
+        def rdm(v):
+            u = torch.nn.functional.normalize(v.double(), dim=1)
+            return (1 - u @ u.T).numpy()[iu]
+        values.append(spearmanr(rdm(x), rdm(x_hat)).statistic)
+    return {"rsa": float(np.mean(values)), "rsa_std": float(np.std(values)), "rsa_n": per}

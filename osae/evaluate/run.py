@@ -20,7 +20,7 @@ import torch
 
 from osae.errors import CheckpointError
 from osae.evaluate.consistency import CodeCorrelation, match, prefix_curves
-from osae.evaluate.reconstruction import power_law, reconstruction_metrics
+from osae.evaluate.reconstruction import power_law, reconstruction_metrics, rsa
 from osae.evaluate.stitching import stitching
 from osae.store.loader import iter_split_rows
 from osae.store.normalize import Normalizer
@@ -75,6 +75,7 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
         entry.update(power_law_exponent=ea2["exponent"], power_law_r2=ea2["r2"],
                      power_law_freq=power_law(rec["freq"]),
                      power_law_decoder_spectrum=power_law(torch.linalg.svdvals(sae.W_dec.detach().double()).pow(2).numpy()))
+        entry.update(rsa(sae, norm, store, cfg["hook"]))
         entry.update(architecture=cfg["architecture"], d_sae=sae.cfg.d_sae, hook=cfg["hook"], step=cfg.get("step"))
         lm_keys = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_ablated", "ce_loss_recovered", "kl")
         if lm is not None:

@@ -55,3 +55,18 @@ def test_a_known_power_law_is_recovered():
     assert fit["exponent"] == pytest.approx(-0.8, abs=1e-9) and fit["r2"] == pytest.approx(1.0)
     noisy = power_law(3.0 * r ** -1.2 * np.exp(np.random.default_rng(0).normal(0, 0.05, len(r))))
     assert noisy["exponent"] == pytest.approx(-1.2, abs=0.02) and noisy["r2"] > 0.99
+
+
+def test_rsa_is_one_for_a_perfect_reconstruction_and_lower_otherwise(toy):
+    from osae.evaluate.reconstruction import rsa
+
+    sae = build("relu", d_in=16, d_sae=32, k=1).eval()
+    pm = torch.cat([torch.eye(16), -torch.eye(16)])
+    with torch.no_grad():
+        sae.W_enc.copy_(pm)
+        sae.W_dec.copy_(pm)
+    r = rsa(sae, Normalizer("none"), toy, "toy", n=100, repeats=3)
+    assert r["rsa"] == pytest.approx(1.0) and r["rsa_n"] == 100
+    with torch.no_grad():
+        sae.W_dec[16:] = 0  # keep only the positive parts
+    assert rsa(sae, Normalizer("none"), toy, "toy", n=100, repeats=3)["rsa"] < 0.99
