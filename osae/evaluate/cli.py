@@ -14,7 +14,7 @@ from osae.cli_common import user_errors
 def evaluate_cmd(
     checkpoints: list[str] = typer.Argument(..., help="Checkpoint directories or run directories."),
     store: str = typer.Option(..., "--store", help="The store the SAEs were trained on (its evaluation split is used)."),
-    out: str = typer.Option(None, "--out", help="Report directory (metrics.json, metrics.csv, metrics.parquet)."),
+    out: str = typer.Option(None, "--out", help="Report directory: metrics.json/.csv/.parquet, PNG plots, report.md."),
     model: str = typer.Option(None, help="Model for CE/KL (default: the one recorded in the store)."),
     no_model: bool = typer.Option(False, "--no-model", help="Skip the model-level metrics."),
     require_model: bool = typer.Option(False, help="Fail if the model cannot be loaded instead of skipping CE/KL."),
@@ -29,14 +29,14 @@ def evaluate_cmd(
       osae evaluate runs/osae --store acts.zarr --out reports/osae
       osae evaluate runs/osae/osae-K4096-k32-s0 runs/osae/osae-K4096-k32-s1 --store acts.zarr --json
     """
-    from osae.evaluate.run import _json_default, evaluate, write_outputs
+    from osae.evaluate.run import _json_default, evaluate, public, write_outputs
 
     result = evaluate(checkpoints, store, use_model=not no_model, require_model=require_model, model=model,
                       max_tokens=max_tokens, lm_tokens=lm_tokens, device=device)
     if out:
         write_outputs(result, Path(out))
     if json_out:
-        typer.echo(json.dumps(result, indent=1, default=_json_default))
+        typer.echo(json.dumps(public(result), indent=1, default=_json_default))
         return
     for name, m in result["saes"].items():
         ce = f"{m['ce_loss_recovered']:.3f}" if m.get("ce_loss_recovered") is not None else "n/a"

@@ -68,9 +68,11 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
     lm = _load_lm(store, model, use_model, require_model, notes, device)
     gt = store.ground_truth()
     saes = {}
+    figures = {"ea2": {}, "matchings": {}}  # arrays for the plots, not part of the JSON
     for name, (sae, cfg, norm) in loaded.items():
         rec = reconstruction_metrics(sae, norm, store, cfg["hook"], max_tokens=max_tokens, device=device)
         entry = {k: v for k, v in rec.items() if k not in ("freq", "ea2")}
+        figures["ea2"][name] = rec["ea2"]
         ea2 = power_law(rec["ea2"])
         entry.update(power_law_exponent=ea2["exponent"], power_law_r2=ea2["r2"],
                      power_law_freq=power_law(rec["freq"]),
@@ -99,6 +101,7 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
             continue
         Da, Db = loaded[a][0].W_dec, loaded[b][0].W_dec
         m = match(Da, Db)
+        figures["matchings"].setdefault(_family(a), (m.rows, m.cols, m.cosines))
         entry = {"a": a, "b": b, "stab": m.stab, "ord": m.ord, "matching": m.method, "stab_z": None, "ord_z": None,
                  "prefix": prefix_curves(Da, Db)}
         if max(loaded[a][0].cfg.d_sae, loaded[b][0].cfg.d_sae) <= z_max_latents:
@@ -118,7 +121,8 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
             stitched.append({"small": small[0], "large": large[0], **r})
         except ValueError as exc:
             notes[f"stitching.{small[0]}.{large[0]}"] = str(exc)
-    return {"store": store.loc.display, "saes": saes, "pairs": pairs, "stitching": stitched, "notes": notes}
+    return {"store": store.loc.display, "saes": saes, "pairs": pairs, "stitching": stitched, "notes": notes,
+            "_figures": figures}
 
 
 @torch.no_grad()
@@ -160,13 +164,20 @@ def _load_lm(store: ActivationStore, model: str | None, use_model: bool, require
 
 
 def write_outputs(result: dict, out: Path) -> None:
-    """metrics.json, and a tidy table (one row per SAE and metric) as CSV and parquet."""
+    """metrics.json, a tidy table (one row per SAE and metric) as CSV and parquet, PNG plots, report.md."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    from osae.evaluate.report import matching_scatter, power_law_plot, prefix_plot, progressive_plot, write_report
+
     out.mkdir(parents=True, exist_ok=True)
+    figures = result.get("_figures", {})
+    result = public(result)
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    made = [prefix_plot(result, out), progressive_plot(result, out), power_law_plot(figures.get("ea2", {}), out),
+            matching_scatter(figures.get("matchings", {}), out)]
+    write_report(result, out, [f for f in made if f is not None])
     rows = {"sae": [], "metric": [], "value": []}
     for name, entry in result["saes"].items():
         for key, val in entry.items():
@@ -178,6 +189,11 @@ def write_outputs(result: dict, out: Path) -> None:
     table = pa.table(rows)
     pq.write_table(table, out / "metrics.parquet")
     pacsv.write_csv(table, out / "metrics.csv")
+
+
+def public(result: dict) -> dict:
+    """The result without its plotting arrays (what JSON consumers get)."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
 def _json_default(obj):

@@ -1,0 +1,152 @@
+"""Plots (PNG) and a Markdown report of an `evaluate` result: the figures people look at first."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _family(name: str) -> str:
+    return re.sub(r"-s\d+$", "", name)
+
+
+def _ci95(values: list[float]) -> float:
+    """Half-width of a t-interval over pairs (normal approximation above 30 pairs)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+
+
+def prefix_plot(result: dict, out: Path) -> Path | None:
+    """Prefix-wise Ord and Stab against prefix length, mean and 95% CI over the seed pairs of each family."""
+    by_family = defaultdict(list)
+    for p in result["pairs"]:
+        by_family[_family(p["a"])].append(p["prefix"])
+    if not by_family:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for fam, curves in sorted(by_family.items()):
+        ps = sorted({int(k) for c in curves for k in c})
+        for ax, key in zip(axes, ("ord", "stab")):
+            vals = [[c[str(p)][key] if str(p) in c else c[p][key] for c in curves] for p in ps]
+            mean = [float(np.nanmean(v)) for v in vals]
+            half = [_ci95([x for x in v if x == x]) for v in vals]
+            ax.plot(ps, mean, marker="o", label=f"{fam} ({len(curves)} pairs)")
+            ax.fill_between(ps, np.subtract(mean, half), np.add(mean, half), alpha=0.2)
+    for ax, title in zip(axes, ("Orderedness of the first p atoms", "Stability of the first p atoms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prefix length p")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    path = out / "prefix_curves.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def progressive_plot(result: dict, out: Path) -> Path | None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in sorted(result["saes"].items()):
+        prog = m.get("progressive_fvu") or {}
+        if prog:
+            gs = sorted(int(g) for g in prog)
+            ax.plot(gs, [prog[str(g)] if str(g) in prog else prog[g] for g in gs], marker=".", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("latents kept (first G)")
+    ax.set_ylabel("FVU")
+    ax.set_title("Progressive coding: FVU of the first G latents")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = out / "progressive_fvu.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def power_law_plot(ea2: dict[str, np.ndarray], out: Path) -> Path | None:
+    if not ea2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, v in sorted(ea2.items()):
+        v = np.sort(np.asarray(v))[::-1]
+        v = v[v > 0]
+        ax.loglog(np.arange(1, len(v) + 1), v, label=name)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("E[z^2]")
+    ax.set_title("Feature importance against rank")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = out / "power_law.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def matching_scatter(pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], out: Path) -> Path | None:
+    """Where each atom of one dictionary finds its match in the other (the OSAE paper's Figure 1)."""
+    if not pairs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs) + 1, 4), squeeze=False, layout="constrained")
+    for i, (ax, (title, (rows, cols, cos))) in enumerate(zip(axes[0], sorted(pairs.items()))):
+        sc = ax.scatter(rows, cols, c=cos, s=4, cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"{title}: first seed pair", fontsize=8)
+        ax.set_xlabel("atom index, first SAE")
+        if i == 0:
+            ax.set_ylabel("matched index, second SAE")
+    fig.colorbar(sc, ax=axes[0].tolist(), label="matched cosine")
+    path = out / "matching.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(result: dict, out: Path, figures: list[Path]) -> Path:
+    lines = ["# SAE evaluation\n", f"Store: `{result['store']}`\n", "## Per SAE\n",
+             "| SAE | FVU | cosine | L0 | dead | CE recovered | KL | power-law exponent (R^2) |",
+             "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, p=3: "n/a" if v is None else f"{v:.{p}f}"
+    for name, m in sorted(result["saes"].items()):
+        lines.append(f"| {name} | {fmt(m['fvu'])} | {fmt(m['cosine'])} | {fmt(m['l0'], 1)} | {fmt(m['dead_fraction'])} | "
+                     f"{fmt(m.get('ce_loss_recovered'))} | {fmt(m.get('kl'))} | {fmt(m.get('power_law_exponent'), 2)} "
+                     f"({fmt(m.get('power_law_r2'), 2)}) |")
+    if result["pairs"]:
+        lines += ["\n## Seed pairs\n", "| pair | Stab | Ord | Stab_Z | Ord_Z |", "|---|---|---|---|---|"]
+        for p in result["pairs"]:
+            lines.append(f"| {p['a']} / {p['b']} | {fmt(p['stab'])} | {fmt(p['ord'])} | {fmt(p.get('stab_z'))} | {fmt(p.get('ord_z'))} |")
+    if result.get("stitching"):
+        lines += ["\n## Stitching\n", "| small -> large | novel | reconstruction | no change |", "|---|---|---|---|"]
+        for s in result["stitching"]:
+            lines.append(f"| {s['small']} -> {s['large']} | {fmt(s['novel_fraction'])} | {fmt(s['reconstruction_fraction'])} | "
+                         f"{fmt(s['no_change_fraction'])} |")
+    lines.append("")
+    for f in figures:
+        lines.append(f"![{f.stem}]({f.name})\n")
+    if result["notes"]:
+        lines += ["## Notes\n"] + [f"- {k}: {v}" for k, v in result["notes"].items()]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
