@@ -19,6 +19,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    plt = _plt()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _family(name: str) -> str:
     return re.sub(r"-s\d+$", "", name)
 
@@ -56,11 +63,8 @@ def prefix_plot(result: dict, out: Path) -> Path | None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    path = out / "prefix_curves.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "prefix_curves.png")
 
 
 def progressive_plot(result: dict, out: Path) -> Path | None:
@@ -77,11 +81,8 @@ def progressive_plot(result: dict, out: Path) -> Path | None:
     ax.set_title("Progressive coding: FVU of the first G latents")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    path = out / "progressive_fvu.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "progressive_fvu.png")
 
 
 def power_law_plot(ea2: dict[str, np.ndarray], out: Path) -> Path | None:
@@ -98,11 +99,8 @@ def power_law_plot(ea2: dict[str, np.ndarray], out: Path) -> Path | None:
     ax.set_title("Feature importance against rank")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    path = out / "power_law.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "power_law.png")
 
 
 def matching_scatter(pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], out: Path) -> Path | None:
@@ -118,10 +116,7 @@ def matching_scatter(pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
         if i == 0:
             ax.set_ylabel("matched index, second SAE")
     fig.colorbar(sc, ax=axes[0].tolist(), label="matched cosine")
-    path = out / "matching.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "matching.png")
 
 
 def write_report(result: dict, out: Path, figures: list[Path]) -> Path:

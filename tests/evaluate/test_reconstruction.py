@@ -38,13 +38,18 @@ def test_metrics_match_a_direct_computation(toy):
     assert m["cosine"] == pytest.approx(float(cos), rel=1e-5)
 
 
-def test_a_perfect_reconstruction_has_fvu_zero(toy):
-    # relu(x) - relu(-x) = x: latents i and 16 + i carry the positive and negative part of coordinate i.
-    sae = build("relu", d_in=16, d_sae=32, k=1).eval()
-    pm = torch.cat([torch.eye(16), -torch.eye(16)])
+def _identity_sae(d=16):
+    """relu(x) - relu(-x) = x: latents i and d + i carry the positive and negative part of coordinate i."""
+    sae = build("relu", d_in=d, d_sae=2 * d, k=1).eval()
+    pm = torch.cat([torch.eye(d), -torch.eye(d)])
     with torch.no_grad():
         sae.W_enc.copy_(pm)
         sae.W_dec.copy_(pm)
+    return sae
+
+
+def test_a_perfect_reconstruction_has_fvu_zero(toy):
+    sae = _identity_sae()
     m = reconstruction_metrics(sae, Normalizer("none"), toy, "toy")
     assert m["fvu"] == pytest.approx(0.0, abs=1e-10) and m["cosine"] == pytest.approx(1.0)
 
@@ -60,11 +65,7 @@ def test_a_known_power_law_is_recovered():
 def test_rsa_is_one_for_a_perfect_reconstruction_and_lower_otherwise(toy):
     from osae.evaluate.reconstruction import rsa
 
-    sae = build("relu", d_in=16, d_sae=32, k=1).eval()
-    pm = torch.cat([torch.eye(16), -torch.eye(16)])
-    with torch.no_grad():
-        sae.W_enc.copy_(pm)
-        sae.W_dec.copy_(pm)
+    sae = _identity_sae()
     r = rsa(sae, Normalizer("none"), toy, "toy", n=100, repeats=3)
     assert r["rsa"] == pytest.approx(1.0) and r["rsa_n"] == 100
     with torch.no_grad():
