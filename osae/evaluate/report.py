@@ -67,40 +67,47 @@ def prefix_plot(result: dict, out: Path) -> Path | None:
     return _save(fig, out / "prefix_curves.png")
 
 
-def progressive_plot(result: dict, out: Path) -> Path | None:
+def _line_plot(series: dict[str, tuple], path: Path, *, xlabel: str, ylabel: str, title: str, loglog: bool) -> Path:
+    """One line per SAE; x on a log2 axis (log-log when `loglog`)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, m in sorted(result["saes"].items()):
-        prog = m.get("progressive_fvu") or {}
-        if prog:
-            gs = sorted(int(g) for g in prog)
-            ax.plot(gs, [prog[str(g)] if str(g) in prog else prog[g] for g in gs], marker=".", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("latents kept (first G)")
-    ax.set_ylabel("FVU")
-    ax.set_title("Progressive coding: FVU of the first G latents")
+    for name, (x, y) in sorted(series.items()):
+        ax.plot(x, y, marker=None if loglog else ".", label=name)
+    if loglog:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:
+        ax.set_xscale("log", base=2)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out / "progressive_fvu.png")
+    return _save(fig, path)
+
+
+def progressive_plot(result: dict, out: Path) -> Path | None:
+    series = {}
+    for name, m in result["saes"].items():
+        prog = {int(g): v for g, v in (m.get("progressive_fvu") or {}).items()}
+        if prog:
+            gs = sorted(prog)
+            series[name] = (gs, [prog[g] for g in gs])
+    if not series:
+        return None
+    return _line_plot(series, out / "progressive_fvu.png", xlabel="latents kept (first G)", ylabel="FVU",
+                      title="Progressive coding: FVU of the first G latents", loglog=False)
 
 
 def power_law_plot(ea2: dict[str, np.ndarray], out: Path) -> Path | None:
-    if not ea2:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, v in sorted(ea2.items()):
+    series = {}
+    for name, v in ea2.items():
         v = np.sort(np.asarray(v))[::-1]
         v = v[v > 0]
-        ax.loglog(np.arange(1, len(v) + 1), v, label=name)
-    ax.set_xlabel("rank")
-    ax.set_ylabel("E[z^2]")
-    ax.set_title("Feature importance against rank")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, out / "power_law.png")
+        series[name] = (np.arange(1, len(v) + 1), v)
+    if not series:
+        return None
+    return _line_plot(series, out / "power_law.png", xlabel="rank", ylabel="E[z^2]",
+                      title="Feature importance against rank", loglog=True)
 
 
 def matching_scatter(pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], out: Path) -> Path | None:

@@ -6,9 +6,10 @@ from osae.harvest import HarvestConfig, harvest
 from osae.harvest.models import load_model
 from osae.store import ActivationStore
 from osae.store.normalize import Normalizer
-from osae.train.architectures import build
 
 from osae.harvest.models import EMBEDDED_DIR
+
+from .helpers import identity_sae
 
 pytestmark = pytest.mark.skipif(not (EMBEDDED_DIR / "config.json").exists(), reason="the embedded model is not built")
 
@@ -22,18 +23,9 @@ def harvested(tmp_path_factory):
     return load_model(None, device="cpu").model, ActivationStore(root / "s.zarr")
 
 
-def _identity_sae(d):
-    sae = build("relu", d_in=d, d_sae=2 * d, k=1).eval()
-    pm = torch.cat([torch.eye(d), -torch.eye(d)])
-    with torch.no_grad():
-        sae.W_enc.copy_(pm)
-        sae.W_dec.copy_(pm)
-    return sae
-
-
 def test_a_perfect_reconstruction_recovers_all_the_loss_and_has_no_kl(harvested):
     model, store = harvested
-    m = lm_metrics(model, _identity_sae(256), Normalizer("none"), store, "blocks.1.hook_resid_post", max_tokens=2000)
+    m = lm_metrics(model, identity_sae(256), Normalizer("none"), store, "blocks.1.hook_resid_post", max_tokens=2000)
     assert m["ce_loss_spliced"] == pytest.approx(m["ce_loss_clean"], abs=1e-5)
     assert m["kl"] == pytest.approx(0.0, abs=1e-6) and m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert m["ce_loss_ablated"] > m["ce_loss_clean"] and m["lm_windows"] > 0
@@ -41,7 +33,7 @@ def test_a_perfect_reconstruction_recovers_all_the_loss_and_has_no_kl(harvested)
 
 def test_a_useless_reconstruction_recovers_nothing(harvested):
     model, store = harvested
-    sae = _identity_sae(256)
+    sae = identity_sae(256)
     with torch.no_grad():
         sae.W_dec.zero_()  # reconstructs every activation as 0: the zero ablation itself
     m = lm_metrics(model, sae, Normalizer("none"), store, "blocks.1.hook_resid_post", max_tokens=2000)

@@ -8,6 +8,8 @@ from osae.store.normalize import Normalizer
 from osae.store.toy import ToyConfig, write_toy_store
 from osae.train.architectures import build
 
+from .helpers import identity_sae
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
@@ -38,18 +40,8 @@ def test_metrics_match_a_direct_computation(toy):
     assert m["cosine"] == pytest.approx(float(cos), rel=1e-5)
 
 
-def _identity_sae(d=16):
-    """relu(x) - relu(-x) = x: latents i and d + i carry the positive and negative part of coordinate i."""
-    sae = build("relu", d_in=d, d_sae=2 * d, k=1).eval()
-    pm = torch.cat([torch.eye(d), -torch.eye(d)])
-    with torch.no_grad():
-        sae.W_enc.copy_(pm)
-        sae.W_dec.copy_(pm)
-    return sae
-
-
 def test_a_perfect_reconstruction_has_fvu_zero(toy):
-    sae = _identity_sae()
+    sae = identity_sae(16)
     m = reconstruction_metrics(sae, Normalizer("none"), toy, "toy")
     assert m["fvu"] == pytest.approx(0.0, abs=1e-10) and m["cosine"] == pytest.approx(1.0)
 
@@ -65,7 +57,7 @@ def test_a_known_power_law_is_recovered():
 def test_rsa_is_one_for_a_perfect_reconstruction_and_lower_otherwise(toy):
     from osae.evaluate.reconstruction import rsa
 
-    sae = _identity_sae()
+    sae = identity_sae(16)
     r = rsa(sae, Normalizer("none"), toy, "toy", n=100, repeats=3)
     assert r["rsa"] == pytest.approx(1.0) and r["rsa_n"] == 100
     with torch.no_grad():
