@@ -6,7 +6,7 @@ import typer
 
 from osae import __version__
 from osae.cli_common import setup_logging
-from osae.evaluate.cli import evaluate_cmd, permute_cmd
+from osae.evaluate.cli import evaluate_cmd, inspect_cmd, permute_cmd
 from osae.harvest.cli import harvest_cmd
 from osae.store.cli import app as store_app
 from osae.store.cli import toy_cmd
@@ -23,6 +23,7 @@ app.command("fit")(fit_cmd)
 app.command("export")(export_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("permute")(permute_cmd)
+app.command("inspect")(inspect_cmd)
 app.add_typer(store_app, name="store")
 app.command("toy")(toy_cmd)
 

@@ -20,6 +20,7 @@ def evaluate_cmd(
     require_model: bool = typer.Option(False, help="Fail if the model cannot be loaded instead of skipping CE/KL."),
     max_tokens: int = typer.Option(1_000_000, help="Held-out tokens for reconstruction metrics."),
     lm_tokens: int = typer.Option(200_000, help="Held-out tokens for CE/KL."),
+    progressive_ce: bool = typer.Option(True, help="CE of the first G latents for G = 16, 32, ... K (one model pass per G)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ) -> None:
@@ -32,7 +33,8 @@ def evaluate_cmd(
     from osae.evaluate.run import _json_default, evaluate, public, write_outputs
 
     result = evaluate(checkpoints, store, use_model=not no_model, require_model=require_model, model=model,
-                      max_tokens=max_tokens, lm_tokens=lm_tokens, device=device)
+                      max_tokens=max_tokens, lm_tokens=lm_tokens,
+                      progressive_ce=progressive_ce, device=device)
     if out:
         write_outputs(result, Path(out))
     if json_out:
@@ -64,3 +66,34 @@ def permute_cmd(
 
     result = permute_checkpoint(checkpoint, store, out, by=by, max_tokens=tokens)
     typer.echo(f"wrote {result['out']}: latents ordered by {result['by']} ({result['moved']} moved)")
+
+
+@user_errors
+def inspect_cmd(
+    checkpoint: str = typer.Argument(..., help="Frozen checkpoint directory."),
+    store: str = typer.Option(..., "--store", help="A store with token ids (harvested by osae)."),
+    out: Path = typer.Option(..., "--out", help="HTML page to write."),
+    latents: str = typer.Option("0:128", help="Latents to show, in index order: A:B (B exclusive) or one index."),
+    tokens: int = typer.Option(200_000, help="Tokens of the split to scan for top activations."),
+    top: int = typer.Option(10, help="Examples per latent."),
+    before: int = typer.Option(12, help="Context tokens shown before the activating token."),
+    after: int = typer.Option(4, help="Context tokens shown after it."),
+    split: str = typer.Option("eval", help="eval (held-out) or train."),
+    tokenizer: str = typer.Option(None, help="Tokenizer to decode ids with (default: the store's model)."),
+) -> None:
+    """An HTML page of latents in index order: firing rate and top-activating contexts, highlighted.
+
+    Examples:
+      osae inspect runs/osae/osae-K4096-k32-s0 --store acts.zarr --out osae-s0.html
+      osae inspect runs/topk/topk-K4096-k32-s0 --store acts.zarr --out late.html --latents 4000:4096 --top 5
+    """
+    from osae.evaluate.latent_page import inspect_checkpoint
+
+    if split not in ("eval", "train"):
+        raise ValueError(f"--split must be eval or train; got {split!r}")
+    if top < 1 or tokens < 1 or before < 0 or after < 0:
+        raise ValueError("--top and --tokens must be positive, --before and --after non-negative")
+    result = inspect_checkpoint(checkpoint, store, out, latents=latents, max_tokens=tokens, top=top, before=before,
+                                after=after, split=split, tokenizer=tokenizer)
+    typer.echo(f"wrote {result['out']}: {result['latents']} latents ({result['dead']} never fired) "
+               f"over {result['scanned']:,} tokens")

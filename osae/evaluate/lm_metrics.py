@@ -66,60 +66,82 @@ def splice(model, hook: str, layer: int, replace):
         handle.remove()
 
 
+def _clean_pass(model, ids: torch.Tensor, hook: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean logits and the hook's clean output."""
+    seen = []
+
+    def keep(x):
+        seen.append(x)
+        return x
+    with splice(model, hook, layer, keep):
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+    return logits, seen[0]
+
+
+def _ce_sum(logits: torch.Tensor, tgt: torch.Tensor) -> float:
+    return F.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum").item()
+
+
+def _kl_sum(logp_clean: torch.Tensor, logits: torch.Tensor) -> float:
+    """Sum over positions of KL(clean || spliced)."""
+    logp = F.log_softmax(logits[:, 1:-1], -1)
+    return (logp_clean.exp() * (logp_clean - logp)).sum(-1).sum().item()
+
+
 @torch.no_grad()
 def lm_metrics(model, sae: SAE, normalizer: Normalizer, store: ActivationStore, hook_name: str, *,
-               max_tokens: int = 200_000, batch: int = 16, include_bos: bool = False) -> dict:
+               max_tokens: int = 200_000, batch: int = 16, include_bos: bool = False,
+               granularities: list[int] | None = None) -> dict:
+    """CE clean / spliced / ablated, CE recovered and KL; with `granularities`, also the CE of the
+    reconstruction from the first G latents of the full code (progressive coding, methods.md 4.9)."""
     info = store.hooks[hook_name]
     hook, layer = info["hook"], int(info["layer"])
     windows = eval_windows(store, max_tokens)
     device = next(model.parameters()).device
     mean = torch.from_numpy(store.stats(hook_name)["mean"]).float().to(device)
     first = 0 if include_bos else 1
+    grans = [int(g) for g in granularities or [] if int(g) < sae.cfg.d_sae]
     sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "ce_mean": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
+    sums.update({f"ce_g{g}": 0.0 for g in grans})
     n = 0
     for s in range(0, len(windows), batch):
         w = windows[s : s + batch]
         if (w < 0).any():
             raise ValueError("padded evaluation windows are not supported yet for model-level metrics")
         ids = torch.from_numpy(w).long().to(device)
-        clean = model(input_ids=ids, use_cache=False).logits.float()
-        results = {}
-        for kind in ("sae", "zero", "mean"):
-            def replace(x, kind=kind):
-                y = x.clone()
-                part = x[:, first:].float()
-                if kind == "sae":
-                    flat = part.reshape(-1, part.shape[-1])
-                    rec = normalizer.inverse(sae.decode(sae.encode(normalizer.forward(flat))))
-                    y[:, first:] = rec.reshape(part.shape).to(x.dtype)
-                elif kind == "zero":
-                    y[:, first:] = 0
-                else:
-                    y[:, first:] = mean.to(x.dtype)
-                return y
-            with splice(model, hook, layer, replace):
-                results[kind] = model(input_ids=ids, use_cache=False).logits.float()
-        # predictions at positions 1..C-2 for targets 2..C-1
-        tgt = ids[:, 2:]
-        def ce(logits):
-            return F.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum").item()
+        clean, x = _clean_pass(model, ids, hook, layer)
+        part = x[:, first:].float()
+        code = sae.encode(normalizer.forward(part.reshape(-1, part.shape[-1])))
+        # The hook's input is the same in every spliced run (only the hook's output changes), so the
+        # replacements are computed once from the clean pass.
+        variants = {"sae": normalizer.inverse(sae.decode(code)), "zero": torch.zeros((), device=device), "mean": mean}
+        variants.update({f"g{g}": normalizer.inverse(sae.decode(code, upto=g)) for g in grans})
+        tgt = ids[:, 2:]  # predictions at positions 1..C-2 for targets 2..C-1
         logp_clean = F.log_softmax(clean[:, 1:-1], -1)
-        def kl(logits):
-            logp = F.log_softmax(logits[:, 1:-1], -1)
-            return (logp_clean.exp() * (logp_clean - logp)).sum(-1).sum().item()
-        sums["ce_clean"] += ce(clean)
-        sums["ce_sae"] += ce(results["sae"])
-        sums["ce_zero"] += ce(results["zero"])
-        sums["ce_mean"] += ce(results["mean"])
-        sums["kl_sae"] += kl(results["sae"])
-        sums["kl_zero"] += kl(results["zero"])
+        sums["ce_clean"] += _ce_sum(clean, tgt)
+        for kind, values in variants.items():
+            y = x.clone()
+            y[:, first:] = values.reshape(part.shape).to(x.dtype) if values.dim() > 1 else values.to(x.dtype)
+            with splice(model, hook, layer, lambda _, y=y: y):
+                logits = model(input_ids=ids, use_cache=False).logits.float()
+            sums[f"ce_{kind}"] += _ce_sum(logits, tgt)
+            if kind in ("sae", "zero"):
+                sums[f"kl_{kind}"] += _kl_sum(logp_clean, logits)
         n += tgt.numel()
     m = {k: v / n for k, v in sums.items()}
     denom = m["ce_zero"] - m["ce_clean"]
-    return {
+
+    def recovered(ce_value):
+        return (m["ce_zero"] - ce_value) / denom if denom > 0 else None
+    out = {
         "ce_loss_clean": m["ce_clean"], "ce_loss_spliced": m["ce_sae"], "ce_loss_ablated": m["ce_zero"],
         "ce_loss_mean_ablated": m["ce_mean"], "delta_ce": m["ce_sae"] - m["ce_clean"],
-        "ce_loss_recovered": (m["ce_zero"] - m["ce_sae"]) / denom if denom > 0 else None,
+        "ce_loss_recovered": recovered(m["ce_sae"]),
         "kl": m["kl_sae"], "kl_score": (m["kl_zero"] - m["kl_sae"]) / m["kl_zero"] if m["kl_zero"] > 0 else None,
-        "lm_tokens": n, "lm_windows": int(len(windows)),
+        "lm_tokens": n, "lm_windows": len(windows),
     }
+    if granularities:
+        prog = {g: m[f"ce_g{g}"] for g in grans} | {sae.cfg.d_sae: m["ce_sae"]}
+        out["progressive_ce"] = prog
+        out["progressive_ce_recovered"] = {g: recovered(v) for g, v in prog.items()}
+    return out

@@ -99,12 +99,12 @@ def power_law(values: np.ndarray) -> dict:
     v = np.sort(np.asarray(values, dtype=np.float64))[::-1]
     v = v[v > 0]
     if len(v) < 3:
-        return {"exponent": None, "r2": None, "n": int(len(v))}
+        return {"exponent": None, "r2": None, "n": len(v)}
     lr, lv = np.log10(np.arange(1, len(v) + 1)), np.log10(v)
     b, a = np.polyfit(lr, lv, 1)
     pred = a + b * lr
     ss_res, ss_tot = float(((lv - pred) ** 2).sum()), float(((lv - lv.mean()) ** 2).sum())
-    return {"exponent": float(b), "intercept": float(a), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else None, "n": int(len(v))}
+    return {"exponent": float(b), "intercept": float(a), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else None, "n": len(v)}
 
 
 @torch.no_grad()

@@ -86,16 +86,33 @@ def _line_plot(series: dict[str, tuple], path: Path, *, xlabel: str, ylabel: str
 
 
 def progressive_plot(result: dict, out: Path) -> Path | None:
-    series = {}
+    """FVU and (when the model ran) CE loss of the first G latents against G, one line per SAE."""
+    panels = {"progressive_fvu": "FVU", "progressive_ce": "CE loss (nats/token)"}
+    series = {key: {} for key in panels}
     for name, m in result["saes"].items():
-        prog = {int(g): v for g, v in (m.get("progressive_fvu") or {}).items()}
-        if prog:
-            gs = sorted(prog)
-            series[name] = (gs, [prog[g] for g in gs])
-    if not series:
+        for key in panels:
+            prog = {int(g): v for g, v in (m.get(key) or {}).items() if v is not None}
+            if prog:
+                gs = sorted(prog)
+                series[key][name] = (gs, [prog[g] for g in gs])
+    used = [k for k in panels if series[k]]
+    if not used:
         return None
-    return _line_plot(series, out / "progressive_fvu.png", xlabel="latents kept (first G)", ylabel="FVU",
-                      title="Progressive coding: FVU of the first G latents", loglog=False)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(used), figsize=(6 * len(used), 4), squeeze=False)
+    for ax, key in zip(axes[0], used):
+        for name, (x, y) in sorted(series[key].items()):
+            ax.plot(x, y, marker=".", label=name)
+        if key == "progressive_ce":
+            clean = [m["ce_loss_clean"] for m in result["saes"].values() if m.get("ce_loss_clean") is not None]
+            if clean:
+                ax.axhline(clean[0], color="black", linestyle="--", linewidth=1, label="clean model")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="latents kept (first G)", ylabel=panels[key], title=f"Progressive coding: {panels[key].split(' ')[0]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / "progressive.png")
 
 
 def power_law_plot(ea2: dict[str, np.ndarray], out: Path) -> Path | None:

@@ -17,10 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from osae.errors import CheckpointError
 from osae.evaluate.consistency import CodeCorrelation, match, prefix_curves
-from osae.evaluate.reconstruction import power_law, reconstruction_metrics, rsa
+from osae.evaluate.reconstruction import (
+    default_granularities,
+    power_law,
+    reconstruction_metrics,
+    rsa,
+)
 from osae.evaluate.stitching import stitching
 from osae.store.loader import iter_split_rows
 from osae.store.normalize import Normalizer
@@ -44,32 +50,38 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
     return found
 
 
+def require_matching_store(path, sae, cfg: dict, store: ActivationStore) -> None:
+    """Refuse a checkpoint whose hook or width the store does not have."""
+    hook = cfg.get("hook")
+    if hook not in store.hooks:
+        raise CheckpointError(f"{path} was trained on hook '{hook}', which {store.loc.display} does not hold "
+                              f"(it has {sorted(store.hooks)}); pass the matching store")
+    if store.d_model(hook) != sae.cfg.d_in:
+        raise CheckpointError(f"store at {store.loc.display} has d_in={store.d_model(hook)} but {path} expects "
+                              f"{sae.cfg.d_in}; pass the matching store or retrain")
+
+
 def _family(name: str) -> str:
     return re.sub(r"-s\d+$", "", name)
 
 
 def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, require_model: bool = False,
              model: str | None = None, max_tokens: int = 1_000_000, lm_tokens: int = 200_000,
-             z_tokens: int = 100_000, z_max_latents: int = 8192, device: str = "cpu") -> dict:
+             z_tokens: int = 100_000, z_max_latents: int = 8192, progressive_ce: bool = True,
+             device: str = "cpu", progress: bool = True) -> dict:
     store = ActivationStore(store_url)
     ckpts = find_checkpoints(paths)
     notes: dict[str, str] = {}
     loaded = {}
     for c in ckpts:
         sae, cfg = load_frozen(c, device=device)
-        hook = cfg.get("hook")
-        if hook not in store.hooks:
-            raise CheckpointError(f"{c} was trained on hook '{hook}', which {store.loc.display} does not hold "
-                                  f"(it has {sorted(store.hooks)}); pass the matching store")
-        if store.d_model(hook) != sae.cfg.d_in:
-            raise CheckpointError(f"store at {store.loc.display} has d_in={store.d_model(hook)} but {c} expects "
-                                  f"{sae.cfg.d_in}; pass the matching store or retrain")
+        require_matching_store(c, sae, cfg, store)
         loaded[c.name] = (sae, cfg, Normalizer.from_dict(cfg.get("normalization", {"kind": "none"})))
     lm = _load_lm(store, model, use_model, require_model, notes, device)
     gt = store.ground_truth()
     saes = {}
     figures = {"ea2": {}, "matchings": {}}  # arrays for the plots, not part of the JSON
-    for name, (sae, cfg, norm) in loaded.items():
+    for name, (sae, cfg, norm) in tqdm(loaded.items(), desc="evaluate SAEs", unit="SAE", disable=None if progress else True):
         rec = reconstruction_metrics(sae, norm, store, cfg["hook"], max_tokens=max_tokens, device=device)
         entry = {k: v for k, v in rec.items() if k not in ("freq", "ea2")}
         figures["ea2"][name] = rec["ea2"]
@@ -84,7 +96,8 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
             from osae.evaluate.lm_metrics import lm_metrics
 
             try:
-                entry.update(lm_metrics(lm, sae, norm, store, cfg["hook"], max_tokens=lm_tokens))
+                grans = default_granularities(sae.cfg.d_sae) if progressive_ce else None
+                entry.update(lm_metrics(lm, sae, norm, store, cfg["hook"], max_tokens=lm_tokens, granularities=grans))
             except ValueError as exc:
                 entry.update({k: None for k in lm_keys})
                 notes[f"{name}.lm"] = str(exc)
@@ -96,9 +109,8 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
         saes[name] = entry
     pairs = []
     names = sorted(loaded)
-    for a, b in combinations(names, 2):
-        if _family(a) != _family(b):
-            continue
+    same_family = [(a, b) for a, b in combinations(names, 2) if _family(a) == _family(b)]
+    for a, b in tqdm(same_family, desc="compare seed pairs", unit="pair", disable=None if progress else True):
         Da, Db = loaded[a][0].W_dec, loaded[b][0].W_dec
         m = match(Da, Db)
         figures["matchings"].setdefault(_family(a), (m.rows, m.cols, m.cosines))
@@ -169,7 +181,13 @@ def write_outputs(result: dict, out: Path) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from osae.evaluate.report import matching_scatter, power_law_plot, prefix_plot, progressive_plot, write_report
+    from osae.evaluate.report import (
+        matching_scatter,
+        power_law_plot,
+        prefix_plot,
+        progressive_plot,
+        write_report,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     figures = result.get("_figures", {})
@@ -183,9 +201,11 @@ def write_outputs(result: dict, out: Path) -> None:
         for key, val in entry.items():
             if isinstance(val, (int, float)) and not isinstance(val, bool):
                 rows["sae"].append(name), rows["metric"].append(key), rows["value"].append(float(val))
-            elif key == "progressive_fvu":
+            elif key in ("progressive_fvu", "progressive_ce", "progressive_ce_recovered"):
+                label = {"progressive_fvu": "fvu", "progressive_ce": "ce", "progressive_ce_recovered": "ce_recovered"}[key]
                 for g, v in val.items():
-                    rows["sae"].append(name), rows["metric"].append(f"fvu@{g}"), rows["value"].append(float(v))
+                    if v is not None:
+                        rows["sae"].append(name), rows["metric"].append(f"{label}@{g}"), rows["value"].append(float(v))
     table = pa.table(rows)
     pq.write_table(table, out / "metrics.parquet")
     pacsv.write_csv(table, out / "metrics.csv")

@@ -131,6 +131,20 @@ def load_model(name: str | None, *, revision: str | None = None, dtype: str = "a
     return LoadedModel(model, tokenizer, name or EMBEDDED_NAME, source, resolved or revision, torch_dtype, dev)
 
 
+def load_tokenizer(name: str | None, *, revision: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer alone (for showing stored token ids as text). Errors name the offline choices."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model_name(name)
+    if not Path(source).exists() and not hub_offline() and not hub_reachable():
+        go_offline()
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load the tokenizer of '{name or EMBEDDED_NAME}' ({first}); {offline_choices()}") from None
+
+
 def n_layers(model) -> int:
     cfg = model.config
     for key in ("num_hidden_layers", "n_layer", "num_layers"):

@@ -41,7 +41,7 @@ def test_evaluate_reports_every_sae_and_pair_with_ground_truth(run, tmp_path):
     pair = result["pairs"][0]
     assert {"a", "b", "stab", "ord", "prefix"} <= set(pair) and "32" in pair["prefix"]
     assert (tmp_path / "rep" / "metrics.parquet").exists() and (tmp_path / "rep" / "metrics.csv").exists()
-    for png in ("prefix_curves.png", "progressive_fvu.png", "power_law.png", "matching.png"):
+    for png in ("prefix_curves.png", "progressive.png", "power_law.png", "matching.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 5000, png
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "osae-K32-k3-s0 / osae-K32-k3-s1" in report and "![prefix_curves](prefix_curves.png)" in report

@@ -3,11 +3,9 @@ import torch
 
 from osae.evaluate.lm_metrics import lm_metrics
 from osae.harvest import HarvestConfig, harvest
-from osae.harvest.models import load_model
+from osae.harvest.models import EMBEDDED_DIR, load_model
 from osae.store import ActivationStore
 from osae.store.normalize import Normalizer
-
-from osae.harvest.models import EMBEDDED_DIR
 
 from .helpers import identity_sae
 
@@ -38,3 +36,19 @@ def test_a_useless_reconstruction_recovers_nothing(harvested):
         sae.W_dec.zero_()  # reconstructs every activation as 0: the zero ablation itself
     m = lm_metrics(model, sae, Normalizer("none"), store, "blocks.1.hook_resid_post", max_tokens=2000)
     assert m["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-5) and m["kl"] > 0
+
+
+def test_progressive_ce_equals_the_ce_of_an_sae_cut_to_its_first_g_latents(harvested):
+    model, store = harvested
+    hook = "blocks.1.hook_resid_post"
+    m = lm_metrics(model, identity_sae(256), Normalizer("none"), store, hook, max_tokens=1000, granularities=[64, 300, 512])
+    assert set(m["progressive_ce"]) == {64, 300, 512}
+    assert m["progressive_ce"][512] == m["ce_loss_spliced"]
+    for g in (64, 300):
+        cut = identity_sae(256)
+        with torch.no_grad():
+            cut.W_dec[g:] = 0  # the first g latents alone decode
+        direct = lm_metrics(model, cut, Normalizer("none"), store, hook, max_tokens=1000)
+        assert m["progressive_ce"][g] == pytest.approx(direct["ce_loss_spliced"], rel=1e-6)
+        assert m["progressive_ce_recovered"][g] == pytest.approx(direct["ce_loss_recovered"], rel=1e-5)
+    assert m["progressive_ce"][64] > m["progressive_ce"][300] > m["progressive_ce"][512]

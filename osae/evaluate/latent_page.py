@@ -1,0 +1,158 @@
+"""One self-contained HTML page of latents in index order: firing rate, top activations, highlighted contexts.
+
+No external assets (the page is opened from disk or mailed around). A short script adds the filter box and
+the "showing N of M latents" line; without JavaScript every latent is still shown.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from osae.evaluate.top_activations import LatentSummary
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+header p { margin: .2em 0; color: #555; }
+.controls { position: sticky; top: 0; background: #fff; padding: .5em 0; border-bottom: 1px solid #ddd; }
+section.latent { border-bottom: 1px solid #eee; padding: .6em 0; }
+section.latent h2 { font-size: 1.05em; margin: 0 0 .2em; }
+section.latent .stats { color: #555; font-size: .9em; }
+section.dead h2 { color: #999; }
+ol.examples { margin: .3em 0; padding-left: 2.2em; }
+ol.examples li { font-family: ui-monospace, monospace; white-space: pre-wrap; margin: .15em 0; }
+span.tok { border-radius: 2px; }
+span.tok.focus { outline: 1.5px solid #c0392b; }
+#summary { margin-left: 1.5em; color: #555; }
+span.value { color: #888; font-family: system-ui, sans-serif; font-size: .85em; margin-right: .6em; }
+"""
+
+SCRIPT = """
+(function () {
+  const sections = Array.from(document.querySelectorAll('section.latent'));
+  const summary = document.getElementById('summary');
+  const box = document.getElementById('filter');
+  const hideDead = document.getElementById('hide-dead');
+  function apply() {
+    const q = box.value.trim();
+    let lo = -Infinity, hi = Infinity;
+    const m = q.match(/^(\\d+)\\s*(?:[-:]\\s*(\\d+))?$/);
+    if (m) { lo = +m[1]; hi = m[2] === undefined ? lo : +m[2]; }
+    let shown = 0;
+    for (const s of sections) {
+      const i = +s.dataset.index;
+      const visible = i >= lo && i <= hi && !(hideDead.checked && s.classList.contains('dead'));
+      s.hidden = !visible;
+      if (visible) shown++;
+    }
+    summary.textContent = 'showing ' + shown + ' of ' + sections.length + ' latents';
+  }
+  box.addEventListener('input', apply);
+  hideDead.addEventListener('change', apply);
+  apply();
+})();
+"""
+
+
+def token_texts(tokenizer, ids: set[int]) -> dict[int, str]:
+    """Readable text of each token id (byte-level markers decoded); `<id>` when there is no tokenizer."""
+    if tokenizer is None:
+        return {i: f"<{i}>" for i in ids}
+    return {i: tokenizer.decode([i]) for i in ids}
+
+
+def _shade(value: float | None, peak: float) -> str:
+    if value is None or value <= 0 or peak <= 0:
+        return ""
+    alpha = min(1.0, value / peak)
+    return f' style="background: rgba(255, 140, 0, {alpha:.2f})"'
+
+
+def _token_span(text: str, value: float | None, peak: float, focus: bool) -> str:
+    shown = html.escape(text.replace("\n", "\u21b5").replace("\t", "\u2192"))  # one line per example
+    title = "no stored activation (BOS)" if value is None else f"{value:.3f}"
+    cls = "tok focus" if focus else "tok"
+    return f'<span class="{cls}" title="{title}"{_shade(value, peak)}>{shown}</span>'
+
+
+def render_page(latents: list[LatentSummary], texts: dict[int, str], *, title: str, facts: dict[str, str]) -> str:
+    head = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(str(v))}</p>" for k, v in facts.items())
+    body = []
+    for lat in latents:
+        dead = lat.fired == 0
+        stats = (f"never fired in {lat.scanned:,} tokens" if dead else
+                 f"fires on {100 * lat.rate:.3g}% of {lat.scanned:,} tokens &middot; max {lat.max_value:.3f}")
+        items = []
+        for ex in lat.examples:
+            spans = "".join(_token_span(texts.get(t, f"<{t}>"), a, lat.max_value, i == ex.focus)
+                            for i, (t, a) in enumerate(zip(ex.tokens, ex.activations)))
+            items.append(f'<li data-row="{ex.row}"><span class="value">{ex.value:.3f}</span>{spans}</li>')
+        examples = f'<ol class="examples">{"".join(items)}</ol>' if items else ""
+        body.append(f'<section class="latent{" dead" if dead else ""}" id="latent-{lat.index}" data-index="{lat.index}" '
+                    f'data-rate="{lat.rate:.6g}"><h2>Latent {lat.index}</h2><div class="stats">{stats}</div>{examples}</section>')
+    controls = ('<div class="controls"><label>Latents <input id="filter" placeholder="e.g. 12 or 0-63" size="12"></label> '
+                '<label><input type="checkbox" id="hide-dead"> hide dead</label> <span id="summary"></span></div>')
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>{head}</header>{controls}"
+            f"<main>{''.join(body)}</main><script>{SCRIPT}</script></body></html>\n")
+
+
+def write_page(path: Path, latents: list[LatentSummary], tokenizer, *, title: str, facts: dict[str, str]) -> Path:
+    ids = {t for lat in latents for ex in lat.examples for t in ex.tokens}
+    page = render_page(latents, token_texts(tokenizer, ids), title=title, facts=facts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)  # a crash never leaves a half-written page in place of a good one
+    return path
+
+
+def inspect_checkpoint(checkpoint: str, store_url: str, out: Path, *, latents: str = "0:128", max_tokens: int = 200_000,
+                       top: int = 10, before: int = 12, after: int = 4, split: str = "eval", tokenizer: str | None = None,
+                       progress: bool = True) -> dict:
+    """Write the latent page of one frozen checkpoint; returns what was shown."""
+    from tqdm.auto import tqdm
+
+    from osae.evaluate.run import require_matching_store
+    from osae.evaluate.top_activations import top_activations
+    from osae.harvest.models import load_tokenizer
+    from osae.store.normalize import Normalizer
+    from osae.store.reader import ActivationStore
+    from osae.train.checkpoint import load_frozen
+
+    sae, cfg = load_frozen(checkpoint)
+    store = ActivationStore(store_url)
+    require_matching_store(checkpoint, sae, cfg, store)
+    hook = cfg["hook"]
+    chosen = parse_latent_range(latents, sae.cfg.d_sae)
+    model = (store.meta.get("provenance", {}).get("model") or {})
+    source = tokenizer or model.get("source")
+    tok = load_tokenizer(source) if source else None
+    with tqdm(total=max_tokens, desc="inspect", unit="tok", unit_scale=True, disable=None if progress else True) as bar:
+        found = top_activations(sae, Normalizer.from_dict(cfg.get("normalization", {"kind": "none"})), store, hook,
+                                latents=chosen, max_tokens=max_tokens, top=top, before=before, after=after,
+                                split=split, progress=bar.update)
+    facts = {"checkpoint": str(checkpoint), "architecture": f"{cfg['architecture']}, {sae.cfg.d_sae} latents",
+             "store": store.loc.display, "hook": hook, "model": model.get("name") or "unknown",
+             "tokens scanned": f"{found[0].scanned:,} of the {split} split",
+             "latents shown": f"{chosen.start}..{chosen.stop - 1} in index order"}
+    if tok is None:
+        facts["note"] = "no tokenizer recorded in the store: tokens are shown as ids"
+    write_page(out, found, tok, title=f"Latents of {Path(checkpoint).name}", facts=facts)
+    return {"out": str(out), "latents": len(found), "dead": sum(lat.fired == 0 for lat in found),
+            "scanned": found[0].scanned}
+
+
+def parse_latent_range(text: str, d_sae: int) -> range:
+    """'A:B' (B exclusive, either side may be empty) or a single index 'A'."""
+    try:
+        if ":" in text:
+            a, b = text.split(":", 1)
+            r = range(int(a) if a else 0, min(int(b), d_sae) if b else d_sae)
+        else:
+            r = range(int(text), int(text) + 1)
+    except ValueError:
+        raise ValueError(f"--latents must look like 0:128 or 7; got {text!r}") from None
+    if not 0 <= r.start < r.stop <= d_sae:
+        raise ValueError(f"--latents {text} is outside the SAE's {d_sae} latents")
+    return r

@@ -1,0 +1,136 @@
+"""Top-activating tokens of a range of latents, with the surrounding context rebuilt from the store.
+
+Two streamed passes over the same rows of one split: the first counts firings and keeps, per latent, the
+`top` largest activations and their rows; the second re-reads only the blocks holding those rows and
+encodes each example's neighbours (same sequence, `before` tokens earlier and `after` later), so every
+context token carries its own activation of the latent. Memory: one block of rows plus (latents x top).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from osae.store.loader import iter_split_rows
+from osae.store.normalize import Normalizer
+from osae.store.reader import ActivationStore, to_float32
+from osae.train.architectures import SAE
+from osae.train.architectures.base import Code
+
+
+@dataclass
+class Example:
+    row: int
+    value: float
+    tokens: list[int] = field(default_factory=list)
+    activations: list[float | None] = field(default_factory=list)  # None: the token has no stored row (BOS)
+    focus: int = 0  # index of the activating token within `tokens`
+
+
+@dataclass
+class LatentSummary:
+    index: int
+    fired: int
+    scanned: int
+    max_value: float
+    examples: list[Example]
+
+    @property
+    def rate(self) -> float:
+        return self.fired / max(self.scanned, 1)
+
+
+def code_columns(code: Code, lo: int, hi: int, n_rows: int) -> torch.Tensor:
+    """Dense (n_rows, hi - lo) activations of latents lo..hi-1, without densifying the whole code."""
+    if isinstance(code, torch.Tensor):
+        return code[:, lo:hi]
+    out = torch.zeros(n_rows, hi - lo, dtype=code.vals.dtype, device=code.vals.device)
+    keep = (code.idx >= lo) & (code.idx < hi)
+    if code.offsets is None:
+        rows = torch.arange(n_rows, device=code.idx.device)[:, None].expand_as(code.idx)[keep]
+    else:
+        rows = code.rows()[keep]
+    out[rows, code.idx[keep] - lo] = code.vals[keep]
+    return out
+
+
+@torch.no_grad()
+def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *, latents: range,
+                    max_tokens: int = 200_000, top: int = 10, before: int = 12, after: int = 4,
+                    split: str = "eval", batch: int = 2048, progress=None) -> list[LatentSummary]:
+    if not store.has_tokens:
+        raise ValueError(f"{store.loc.display} holds no token ids (imported activations?); inspect needs the tokens "
+                         f"to show contexts")
+    lo, hi = latents.start, latents.stop
+    n_lat = hi - lo
+    fired = torch.zeros(n_lat, dtype=torch.long)
+    best_vals = torch.full((top, n_lat), -1.0)
+    best_rows = torch.full((top, n_lat), -1, dtype=torch.long)
+    scanned = 0
+    blocks = []
+    for start, rows in iter_split_rows(store, hook, split, max_rows=max_tokens):
+        blocks.append((start, start + len(rows)))
+        x_all = torch.from_numpy(to_float32(rows, store.dtype(hook)))
+        for s in range(0, len(x_all), batch):
+            x = x_all[s : s + batch]
+            z = code_columns(sae.encode(normalizer.forward(x)), lo, hi, len(x)).float()
+            fired += (z > 0).sum(0)
+            vals = torch.cat([best_vals, z])
+            row_ids = torch.arange(start + s, start + s + len(x))[:, None].expand(-1, n_lat)
+            rows_all = torch.cat([best_rows, row_ids])
+            best_vals, pick = vals.topk(top, dim=0)
+            best_rows = rows_all.gather(0, pick)
+        scanned += len(x_all)
+        if progress is not None:
+            progress(len(x_all))
+    if scanned == 0:
+        raise ValueError(f"{store.loc.display} has no rows in its {split} split; inspect needs some")
+    wanted: dict[int, list[tuple[int, int]]] = {}  # row -> [(latent column, rank)]
+    for col in range(n_lat):
+        for rank in range(top):
+            if best_vals[rank, col] > 0:
+                wanted.setdefault(int(best_rows[rank, col]), []).append((col, rank))
+    examples: dict[tuple[int, int], Example] = {}
+    ctx = store.array("sequences/context") if "sequences/context" in store.group else None
+    for b_lo, b_hi in blocks:
+        rows_here = sorted(r for r in wanted if b_lo <= r < b_hi)
+        if not rows_here:
+            continue
+        seq = store.read_rows("seq_id", b_lo, b_hi)
+        pos = store.read_rows("position", b_lo, b_hi)
+        tok = store.read_rows("tokens", b_lo, b_hi)
+        acts = store.read_rows(f"acts/{hook}", b_lo, b_hi)
+        windows = _context_windows(ctx, sorted({int(seq[r - b_lo]) for r in rows_here}))
+        for r in rows_here:
+            i = r - b_lo
+            # Neighbours of the same sequence within this block (sequences are stored in position order).
+            a, b = max(0, i - before), min(len(seq), i + after + 1)
+            same = np.nonzero(seq[a:b] == seq[i])[0] + a
+            x = torch.from_numpy(to_float32(acts[same], store.dtype(hook)))
+            z = code_columns(sae.encode(normalizer.forward(x)), lo, hi, len(x)).float()
+            window = windows.get(int(seq[i])) or {int(p): int(t) for p, t in zip(pos[same], tok[same])}
+            for col, rank in wanted[r]:
+                by_pos = dict(zip(pos[same].tolist(), z[:, col].tolist()))
+                first = max(int(pos[i]) - before, min(window))
+                last = min(int(pos[i]) + after, max(window))
+                positions = [p for p in range(first, last + 1) if p in window]
+                examples[(col, rank)] = Example(
+                    row=r, value=float(best_vals[rank, col]), tokens=[window[p] for p in positions],
+                    activations=[by_pos.get(p) for p in positions], focus=positions.index(int(pos[i])))
+    out = []
+    for col in range(n_lat):
+        ex = [examples[(col, rank)] for rank in range(top) if (col, rank) in examples]
+        out.append(LatentSummary(lo + col, int(fired[col]), scanned, float(best_vals[0, col].clamp_min(0)), ex))
+    return out
+
+
+def _context_windows(ctx, seq_ids: list[int]) -> dict[int, dict[int, int]]:
+    """seq_id -> {position: token id} from the store's full sequence windows (BOS included), read in one
+    selection; empty when the store keeps no windows (then the stored rows alone give the tokens)."""
+    if ctx is None or not seq_ids:
+        return {}
+    seq_ids = [s for s in seq_ids if s < ctx.shape[0]]
+    rows = ctx.oindex[np.asarray(seq_ids, dtype=np.int64), :] if seq_ids else []
+    return {s: {p: int(t) for p, t in enumerate(w) if t >= 0} for s, w in zip(seq_ids, rows)}
