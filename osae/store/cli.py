@@ -129,3 +129,65 @@ def toy_cmd(
     result = write_toy_store(out, ToyConfig(d=d, n_atoms=n_atoms, m=m, n=n, n_eval=n_eval, alpha=alpha, seed=seed),
                              overwrite=overwrite)
     typer.echo(f"wrote {result['rows']:,} rows to {out} (chunks of {result['chunk_rows']}, eval chunks {result['eval_chunks']})")
+
+
+@app.command("import")
+@user_errors
+def import_cmd(
+    src: Path = typer.Argument(..., help=".npy, .safetensors, a directory of either, or a saved dataset / Arrow directory."),
+    out: str = typer.Option(..., "--out", help="Store to write (path or s3:// URL)."),
+    hook: str = typer.Option(None, help="Hook name in the store (default: the tensor or column name)."),
+    layer: int = typer.Option(None, help="Layer to record for the hook (default: read from blocks.L.hook_X names)."),
+    dtype: str = typer.Option("auto", help="Storage dtype: auto (the source's; float64 -> float32), float16, float32, bfloat16."),
+    column: str = typer.Option(None, help="Activation column of an Arrow dataset (needed when it has several)."),
+    tokens_column: str = typer.Option(None, "--tokens-column", help="Token id column (default: tokens, token_ids or input_ids if present)."),
+    tensor: str = typer.Option(None, help="Import only this tensor of .safetensors files."),
+    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Drop rows with NaN/Inf (counted) instead of stopping."),
+    append: bool = typer.Option(False, help="Add the rows to an existing store with the same hook and width."),
+    compressor: str = typer.Option("none", help=f"One of {list(COMPRESSORS)}."),
+    model: str = typer.Option(None, help="The model the activations came from (recorded; lets evaluate compute CE/KL)."),
+    eval_fraction: float = typer.Option(0.02, help="Fraction of chunks held out for evaluation."),
+) -> None:
+    """Bring activations from other tools into a store (resumable: re-run the same command after a crash).
+
+    Examples:
+      osae store import acts.npy --out acts.zarr --hook blocks.3.hook_resid_post
+      osae store import saelens_cache/ --out acts.zarr --model pythia-70m
+      osae store import more.npy --out acts.zarr --hook blocks.3.hook_resid_post --append
+    """
+    from osae.store.importer import import_activations
+
+    if compressor not in COMPRESSORS:
+        fail(f"--compressor must be one of {list(COMPRESSORS)}; got {compressor!r}")
+    if not 0 <= eval_fraction < 1:
+        fail(f"--eval-fraction must be in [0, 1); got {eval_fraction}")
+    r = import_activations(src, out, hook=hook, layer=layer, dtype=dtype, column=column, tokens_column=tokens_column,
+                           tensor=tensor, drop_nonfinite=drop_nonfinite, append=append, compressor=compressor,
+                           model=model, eval_fraction=eval_fraction)
+    dropped = f", {r['dropped']:,} non-finite rows dropped" if r["dropped"] else ""
+    resumed = f" (resumed after {r['resumed_at']:,})" if r["resumed_at"] else ""
+    tokens = "with token ids" if r["has_tokens"] else "without token ids (CE metrics and inspect need them)"
+    typer.echo(f"imported {r['rows']:,} rows{resumed} into {out} as {', '.join(r['hooks'])}, {tokens}{dropped}")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    out: Path = typer.Option(..., "--out", help="FILE.npy, FILE.safetensors, or a new directory for part files."),
+    hook: str = typer.Option(None, help="Hook name or layer (default: the store's only hook)."),
+    rows: str = typer.Option(None, help="Rows A:B of the committed rows (B exclusive; negative from the end)."),
+    dtype: str = typer.Option("auto", help="auto (as stored) or float32 (exact widening)."),
+    tokens: bool = typer.Option(True, help="Include token ids, positions and sequence ids in .safetensors output."),
+    part_rows: int = typer.Option(None, help="Rows per part file when --out is a directory (default: one shard)."),
+) -> None:
+    """Stream a hook's rows out as .npy or .safetensors.
+
+    Examples:
+      osae store export acts.zarr --hook 3 --out acts.npy
+      osae store export acts.zarr --out first-100k.safetensors --rows 0:100000
+    """
+    from osae.store.exporter import export_rows
+
+    r = export_rows(store, hook, out, rows=rows, dtype=dtype, tokens=tokens, part_rows=part_rows)
+    typer.echo(f"exported {r['rows']:,} rows of {r['hook']} ({r['dtype']}) to {len(r['files'])} file(s) under {out}")
