@@ -203,18 +203,22 @@ def toy_table(toy: dict) -> tuple[str, dict]:
              "matryoshka-random": ("0.531", "0.480", "0.0544", "0.0309"), "osae": ("0.664", "0.814", "0.734", "0.00725")}
     names = {"topk": "Vanilla (top-m)", "matryoshka": "Fixed MSAE", "matryoshka-random": "Random MSAE", "osae": "OSAE",
              "batchtopk": "BatchTopK", "relu": "ReLU-L1", "hybridorder": "HybridOrder"}
-    lines = ["| model | Stab(D,D') | Stab(D,D*) | Ord(D,D*) | MSE per element | FVU | L0 | paper: Stab(D,D') / Stab(D,D*) / Ord(D,D*) / MSE |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | Stab(D,D') | Stab(D,D*) | Ord(D,D*) | MSE per element | FVU | L0 | Ord(D,D') | Stab_Z / Ord_Z | "
+             "paper: Stab(D,D') / Stab(D,D*) / Ord(D,D*) / MSE |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     means = {}
     for arch, label in names.items():
         saes = [m for n, m in toy["saes"].items() if _family(n) == arch]
-        pairs = [p["stab"] for p in toy["pairs"] if _family(p["a"]) == arch]
+        pairs = [p for p in toy["pairs"] if _family(p["a"]) == arch]
         means[arch] = {k: float(np.mean([m[k] for m in saes])) for k in ("stab_gt", "ord_gt", "mse", "fvu", "l0")}
-        means[arch]["stab_pair"] = float(np.mean(pairs))
+        means[arch]["stab_pair"] = float(np.mean([p["stab"] for p in pairs]))
         ref = " / ".join(paper[arch]) if arch in paper else "not in Table 1"
-        lines.append(f"| {label} | {_mean_std(pairs)} | {_mean_std([m['stab_gt'] for m in saes])} | "
-                     f"{_mean_std([m['ord_gt'] for m in saes])} | {_mean_std([m['mse'] for m in saes])} | "
-                     f"{_mean_std([m['fvu'] for m in saes])} | {np.mean([m['l0'] for m in saes]):.2f} | {ref} |")
+        mse = [m["mse"] for m in saes]
+        lines.append(f"| {label} | {_mean_std([p['stab'] for p in pairs])} | {_mean_std([m['stab_gt'] for m in saes])} | "
+                     f"{_mean_std([m['ord_gt'] for m in saes])} | {np.mean(mse):.2e} ({np.std(mse, ddof=1):.1e}) | "
+                     f"{_mean_std([m['fvu'] for m in saes])} | {np.mean([m['l0'] for m in saes]):.2f} | "
+                     f"{np.mean([p['ord'] for p in pairs]):.3f} | {np.mean([p['stab_z'] for p in pairs]):.3f} / "
+                     f"{np.mean([p['ord_z'] for p in pairs]):.3f} | {ref} |")
     return "\n".join(lines), means
 
 

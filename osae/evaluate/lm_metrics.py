@@ -25,7 +25,9 @@ from osae.train.architectures import SAE
 def eval_windows(store: ActivationStore, max_tokens: int) -> np.ndarray:
     """Token windows of whole evaluation sequences, up to about `max_tokens` tokens."""
     if not store.has_tokens or "sequences/context" not in store.group:
-        raise ValueError(f"{store.loc.display} has no token windows; model-level metrics need a harvested store")
+        what = "no token ids" if not store.has_tokens else "no sequence windows"
+        raise ValueError(f"{store.loc.display} has {what} (imported without them?); CE and KL need the token windows "
+                         f"of a harvested store or of an import from sequence-shaped data")
     iv = split_intervals(store, "eval")
     ctx = store.array("sequences/context")
     budget = max(1, max_tokens // max(1, store.context_size or 1))

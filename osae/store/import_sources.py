@@ -120,22 +120,25 @@ def _open_npy(path: Path) -> Part:
     return part
 
 
-def _raw_reader(layout: dict[str, tuple[int, np.dtype, int]], tokens: tuple[int, np.dtype] | None = None):
-    """Blocks read with positioned reads at byte `offset` of C-ordered (rows, width) data per hook."""
+def _raw_reader(layout: dict[str, tuple[int, np.dtype, int]], columns: dict[str, tuple[int, np.dtype]] | None = None):
+    """Blocks read with positioned reads of C-ordered (rows, width) data at byte `offset` per hook, and of
+    per-row integer columns (`tokens`, and `position`/`seq_id` when the file has them)."""
+    columns = columns or {}
+
     def read(part: Part, start: int, block_rows: int) -> Iterator[Block]:
         fd = os.open(part.path, os.O_RDONLY)
         try:
             bufs = {h: np.empty((block_rows, w), dt) for h, (_, dt, w) in layout.items()}
-            tbuf = np.empty(block_rows, tokens[1]) if tokens else None
+            cbufs = {c: np.empty(block_rows, dt) for c, (_, dt) in columns.items()}
             for lo in range(start, part.rows, block_rows):
                 n = min(block_rows, part.rows - lo)
-                acts = {}
-                for h, (off, dt, w) in layout.items():
-                    acts[h] = _pread_into(fd, bufs[h][:n], off + lo * w * dt.itemsize, part.path)
-                block = Block(acts)
-                if tokens:
-                    block.tokens = _pread_into(fd, tbuf[:n], tokens[0] + lo * tokens[1].itemsize, part.path)
-                if part.seq_len:
+                acts = {h: _pread_into(fd, bufs[h][:n], off + lo * w * dt.itemsize, part.path)
+                        for h, (off, dt, w) in layout.items()}
+                cols = {c: _pread_into(fd, cbufs[c][:n], off + lo * dt.itemsize, part.path) for c, (off, dt) in columns.items()}
+                block = Block(acts, tokens=cols.get("tokens"))
+                if "position" in cols:
+                    block.positions, block.seq_index = cols["position"], cols["seq_id"]
+                elif part.seq_len:
                     idx = np.arange(lo, lo + n)
                     block.positions, block.seq_index = idx % part.seq_len, idx // part.seq_len
                 yield block
@@ -193,17 +196,25 @@ def _open_safetensors(path: Path, tensor: str | None) -> Part:
         raw_dtype, dtype_name = SAFETENSORS_DTYPES[t["dtype"]]
         layout[name] = (base + t["data_offsets"][0], np.dtype(raw_dtype), int(t["shape"][-1]))
         hooks[name] = (int(t["shape"][-1]), dtype_name)
-    tokens = None
+    columns = {}
     if token_entry is not None:
         tshape = tuple(token_entry["shape"])
-        if int(np.prod(tshape)) != rows or len(tshape) != 2:
+        # Token ids need their sequences: a (sequences, positions) shape, or 1-D ids with `position` and
+        # `seq_id` tensors beside them (what `osae store export` writes).
+        explicit = all(header.get(c, {}).get("dtype") in SAFETENSORS_INTS and tuple(header[c]["shape"]) == (rows,)
+                       for c in ("position", "seq_id"))
+        if int(np.prod(tshape)) != rows or (len(tshape) != 2 and not explicit):
             raise ValueError(f"{path}: token ids of shape {tshape} do not fit activations of shape {shape} x width "
-                             f"(token ids need shape (sequences, positions))")
-        tokens = (base + token_entry["data_offsets"][0], np.dtype(SAFETENSORS_INTS[token_entry["dtype"]]))
-        shape = tshape
+                             f"(token ids need shape (sequences, positions), or position and seq_id tensors)")
+        columns["tokens"] = (base + token_entry["data_offsets"][0], np.dtype(SAFETENSORS_INTS[token_entry["dtype"]]))
+        if explicit and len(tshape) != 2:
+            for c in ("position", "seq_id"):
+                columns[c] = (base + header[c]["data_offsets"][0], np.dtype(SAFETENSORS_INTS[header[c]["dtype"]]))
+        else:
+            shape = tshape
     # Sequences are known from 3-D activations or from (sequences, positions) token ids.
-    part = Part(path, rows, hooks, seq_len=int(shape[1]) if len(shape) == 2 else None, has_tokens=tokens is not None)
-    part._reader = _raw_reader(layout, tokens)
+    part = Part(path, rows, hooks, seq_len=int(shape[1]) if len(shape) == 2 else None, has_tokens="tokens" in columns)
+    part._reader = _raw_reader(layout, columns)
     return part
 
 

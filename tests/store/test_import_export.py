@@ -181,3 +181,23 @@ def test_a_killed_import_resumes_to_the_same_store(tmp_path):
     assert ActivationStore(out).meta["commit"]["stats"] == ActivationStore(tmp_path / "fresh.zarr").meta["commit"]["stats"]
     assert json.loads(_osae("store", "info", out, "--json").stdout)["fingerprint"] == \
         json.loads(_osae("store", "info", tmp_path / "fresh.zarr", "--json").stdout)["fingerprint"]
+
+
+def test_a_harvested_store_exported_with_tokens_imports_back_with_the_same_tokens(tmp_path):
+    from osae.harvest import HarvestConfig, harvest
+    from osae.harvest.models import EMBEDDED_DIR
+
+    if not (EMBEDDED_DIR / "config.json").exists():
+        pytest.skip("the embedded model is not built")
+    harvest(HarvestConfig(out=str(tmp_path / "h.zarr"), layers=[1], tokens=3000, context_size=32, store_dtype="float16"),
+            progress=False)
+    src = ActivationStore(tmp_path / "h.zarr")
+    hook = src.resolve_hook(None)
+    assert _osae("store", "export", tmp_path / "h.zarr", "--out", tmp_path / "h.safetensors").returncode == 0
+    proc = _osae("store", "import", tmp_path / "h.safetensors", "--out", tmp_path / "back.zarr", "--tensor", hook)
+    assert proc.returncode == 0, proc.stderr
+    back = ActivationStore(tmp_path / "back.zarr")
+    assert back.has_tokens and back.n_tokens == src.n_tokens
+    for path in (f"acts/{hook}", "tokens", "position", "seq_id"):
+        assert np.array_equal(back.read_rows(path, 0, back.n_tokens), src.read_rows(path, 0, src.n_tokens)), path
+    assert back.n_sequences == src.n_sequences
