@@ -80,11 +80,12 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
     lm = _load_lm(store, model, use_model, require_model, notes, device)
     gt = store.ground_truth()
     saes = {}
-    figures = {"ea2": {}, "matchings": {}}  # arrays for the plots, not part of the JSON
+    figures = {"ea2": {}, "freq": {}, "matchings": {}}  # arrays for the plots, not part of the JSON
     for name, (sae, cfg, norm) in tqdm(loaded.items(), desc="evaluate SAEs", unit="SAE", disable=None if progress else True):
         rec = reconstruction_metrics(sae, norm, store, cfg["hook"], max_tokens=max_tokens, device=device)
         entry = {k: v for k, v in rec.items() if k not in ("freq", "ea2")}
         figures["ea2"][name] = rec["ea2"]
+        figures["freq"][name] = rec["freq"]
         ea2 = power_law(rec["ea2"])
         entry.update(power_law_exponent=ea2["exponent"], power_law_r2=ea2["r2"],
                      power_law_freq=power_law(rec["freq"]),
