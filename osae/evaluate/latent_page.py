@@ -70,7 +70,7 @@ def _shade(value: float | None, peak: float) -> str:
 
 def _token_span(text: str, value: float | None, peak: float, focus: bool) -> str:
     shown = html.escape(text.replace("\n", "\u21b5").replace("\t", "\u2192"))  # one line per example
-    title = "no stored activation (BOS)" if value is None else f"{value:.3f}"
+    title = "no stored activation (BOS, or outside the rows read)" if value is None else f"{value:.3f}"
     cls = "tok focus" if focus else "tok"
     return f'<span class="{cls}" title="{title}"{_shade(value, peak)}>{shown}</span>'
 

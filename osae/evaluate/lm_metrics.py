@@ -31,14 +31,15 @@ def eval_windows(store: ActivationStore, max_tokens: int) -> np.ndarray:
     iv = split_intervals(store, "eval")
     ctx = store.array("sequences/context")
     budget = max(1, max_tokens // max(1, store.context_size or 1))
+    starts = store.sequence_starts()
     found: list[np.ndarray] = []
     for lo, hi in zip(iv.lo.tolist(), iv.hi.tolist()):  # eval intervals hold whole sequences only
-        found.append(np.unique(store.read_rows("seq_id", lo, hi)))
+        found.append(np.arange(np.searchsorted(starts, lo), np.searchsorted(starts, hi)))
         if sum(len(f) for f in found) >= budget:
             break
-    if not found:
+    seqs = np.concatenate(found)[:budget] if found else np.empty(0, np.int64)
+    if not len(seqs):
         raise ValueError(f"{store.loc.display} has an empty evaluation split")
-    seqs = np.unique(np.concatenate(found))[:budget]
     return ctx.oindex[seqs, :]
 
 
@@ -73,7 +74,7 @@ def _clean_pass(model, ids: torch.Tensor, hook: str, layer: int) -> tuple[torch.
     seen = []
 
     def keep(x):
-        seen.append(x)
+        seen.append(x.clone())  # a copy: some models update the block output in place later in the pass
         return x
     with splice(model, hook, layer, keep):
         logits = model(input_ids=ids, use_cache=False).logits.float()

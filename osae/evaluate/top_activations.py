@@ -94,11 +94,12 @@ def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, ho
                 wanted.setdefault(int(best_rows[rank, col]), []).append((col, rank))
     examples: dict[tuple[int, int], Example] = {}
     ctx = store.array("sequences/context") if "sequences/context" in store.group else None
+    starts = store.sequence_starts()
     for b_lo, b_hi in blocks:
         rows_here = sorted(r for r in wanted if b_lo <= r < b_hi)
         if not rows_here:
             continue
-        seq = store.read_rows("seq_id", b_lo, b_hi)
+        seq = store.sequence_of_rows(np.arange(b_lo, b_hi), starts)
         pos = store.read_rows("position", b_lo, b_hi)
         tok = store.read_rows("tokens", b_lo, b_hi)
         acts = store.read_rows(f"acts/{hook}", b_lo, b_hi)
@@ -110,7 +111,8 @@ def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, ho
             same = np.nonzero(seq[a:b] == seq[i])[0] + a
             x = torch.from_numpy(to_float32(acts[same], store.dtype(hook)))
             z = code_columns(sae.encode(normalizer.forward(x)), lo, hi, len(x)).float()
-            window = windows.get(int(seq[i])) or {int(p): int(t) for p, t in zip(pos[same], tok[same])}
+            # The stored rows always hold the focus token; the full window adds BOS and the rest.
+            window = {int(p): int(t) for p, t in zip(pos[same], tok[same])} | windows.get(int(seq[i]), {})
             for col, rank in wanted[r]:
                 by_pos = dict(zip(pos[same].tolist(), z[:, col].tolist()))
                 first = max(int(pos[i]) - before, min(window))
@@ -127,10 +129,10 @@ def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, ho
 
 
 def _context_windows(ctx, seq_ids: list[int]) -> dict[int, dict[int, int]]:
-    """seq_id -> {position: token id} from the store's full sequence windows (BOS included), read in one
-    selection; empty when the store keeps no windows (then the stored rows alone give the tokens)."""
+    """sequence number -> {position: token id} from the store's full sequence windows (BOS included), read
+    in one selection; empty when the store keeps no windows (then the stored rows alone give the tokens)."""
     if ctx is None or not seq_ids:
         return {}
-    seq_ids = [s for s in seq_ids if s < ctx.shape[0]]
+    seq_ids = [s for s in seq_ids if 0 <= s < ctx.shape[0]]
     rows = ctx.oindex[np.asarray(seq_ids, dtype=np.int64), :] if seq_ids else []
     return {s: {p: int(t) for p, t in enumerate(w) if t >= 0} for s, w in zip(seq_ids, rows)}

@@ -44,7 +44,7 @@ def export_rows(store_url, hook: str | None, out, *, rows: str | None = None, dt
     out_dtype = src_dtype if dtype == "auto" else dtype
     if out_dtype not in ("float16", "float32", "bfloat16"):
         raise ValueError(f"--dtype must be auto, float16, float32 or bfloat16; got {dtype!r}")
-    if out_dtype != src_dtype and not (out_dtype == "float32"):
+    if out_dtype not in (src_dtype, "float32"):
         raise ValueError(f"the store holds {src_dtype}; export converts only to float32 (exact), not to {out_dtype}")
     out = Path(out)
     fmt = out.suffix if out.suffix in (".npy", ".safetensors") else None

@@ -105,6 +105,8 @@ def _open_npy(path: Path) -> Part:
         except ValueError as exc:
             raise ValueError(f"{path} is not a valid .npy file ({exc})") from None
         offset = f.tell()
+    if dtype.byteorder == ">":
+        raise ValueError(f"{path} holds big-endian {dtype}; convert it first: np.save(path, a.astype(a.dtype.newbyteorder('<')))")
     if dtype.name not in NPY_DTYPES:
         raise ValueError(f"{path} holds {dtype} values; import needs float16, float32 or float64 "
                          f"(bfloat16 has no .npy type: use .safetensors)")
@@ -130,8 +132,11 @@ def _raw_reader(layout: dict[str, tuple[int, np.dtype, int]], columns: dict[str,
         try:
             bufs = {h: np.empty((block_rows, w), dt) for h, (_, dt, w) in layout.items()}
             cbufs = {c: np.empty(block_rows, dt) for c, (_, dt) in columns.items()}
-            for lo in range(start, part.rows, block_rows):
-                n = min(block_rows, part.rows - lo)
+            lo = start
+            while lo < part.rows:
+                # Blocks end on multiples of block_rows (a multiple of the sequence length), also when a
+                # resume starts mid-block, so every block holds whole sequences.
+                n = min(block_rows - lo % block_rows, part.rows - lo)
                 acts = {h: _pread_into(fd, bufs[h][:n], off + lo * w * dt.itemsize, part.path)
                         for h, (off, dt, w) in layout.items()}
                 cols = {c: _pread_into(fd, cbufs[c][:n], off + lo * dt.itemsize, part.path) for c, (off, dt) in columns.items()}
@@ -142,6 +147,7 @@ def _raw_reader(layout: dict[str, tuple[int, np.dtype, int]], columns: dict[str,
                     idx = np.arange(lo, lo + n)
                     block.positions, block.seq_index = idx % part.seq_len, idx // part.seq_len
                 yield block
+                lo += n
         finally:
             os.close(fd)
     return read
@@ -172,6 +178,9 @@ def _open_safetensors(path: Path, tensor: str | None) -> Part:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ValueError(f"{path} is not a safetensors file (unreadable header)") from None
     base = 8 + n
+    if not isinstance(header, dict) or not all(isinstance(t, dict) and {"dtype", "shape", "data_offsets"} <= set(t)
+                                               for k, t in header.items() if k != "__metadata__"):
+        raise ValueError(f"{path} is not a safetensors file (its header lacks dtype/shape/data_offsets entries)")
     header.pop("__metadata__", None)
     floats, token_entry = {}, None
     for name, t in header.items():

@@ -1,8 +1,9 @@
 """`osae store import`: activations from .npy, .safetensors or Arrow (SAELens caches) into a store.
 
 Rows go through the same StoreWriter as harvest: whole shards are committed with their checksums, digests and
-running statistics, so an interrupted import resumes at its committed rows (the source identity, paths,
-sizes and sha256, must match), and memory stays at one block plus one shard whatever the source size.
+running statistics, so an interrupted import resumes at its committed rows (the sources' paths and sizes and
+the import settings must match; their sha256 is recorded when the import completes), and memory stays at
+one block plus one shard whatever the source size.
 Token ids, positions and sequence windows are imported when the source has them (sequence-shaped data).
 """
 
@@ -49,7 +50,8 @@ def import_activations(src, out, *, hook: str | None = None, layer: int | None =
         hooks[h] = hook_spec(lay, widths[i], target[h], hook=kind)
     has_tokens = parts[0].has_tokens
     identity = {"sources": [{"path": str(p.path.resolve()), "bytes": p.path.stat().st_size} for p in parts],
-                "hooks": names, "dtype": {h: target[h] for h in names}, "column": column, "tensor": tensor}
+                "hooks": names, "dtype": {h: target[h] for h in names}, "column": column, "tensor": tensor,
+                "tokens_column": tokens_column, "layer": layer}
     writer, first_row = _open_writer(out, identity, hooks, has_tokens, context, append, compressor, model,
                                      eval_fraction, parts)
     try:
@@ -135,6 +137,10 @@ def _open_writer(out, identity, hooks, has_tokens, context, append, compressor, 
         if not append:
             raise StoreError(f"{loc.display} already exists; pass --append to add these rows to it (same hook and "
                              f"width), or choose a new --out")
+        longest = max((p.seq_len or 0) for p in parts)
+        if has_tokens and store.context_size and longest > store.context_size:
+            raise StoreError(f"{loc.display} keeps token windows of {store.context_size} positions; these sequences "
+                             f"have {longest}: import them into a new store")
         writer = StoreWriter.append(out, hooks=hooks, has_tokens=has_tokens)
         record["first_row"] = writer.committed
         record["seq_offset"] = writer.n_sequences  # sequence ids stay unique across imports
@@ -160,10 +166,14 @@ def _open_writer(out, identity, hooks, has_tokens, context, append, compressor, 
 def _copy_rows(writer: StoreWriter, parts: list[Part], names: list[str], target: dict[str, str], first_row: int,
                drop_nonfinite: bool, progress: bool) -> dict:
     done_here = writer.committed - first_row  # rows of this import already committed (resume)
-    # Without dropping, store rows map one to one onto source rows: seek there. With dropping, re-read from
-    # the start to find which source row the committed rows end at.
-    skip_source = 0 if drop_nonfinite else done_here
-    to_skip_kept = done_here if drop_nonfinite else 0
+    record = writer.meta["provenance"]["imports"][-1]
+    # Once any run of this import has dropped rows, store rows no longer map one to one onto source rows:
+    # a resume then re-reads from the start (dropping the same rows) to find where the committed rows end;
+    # otherwise it seeks there. The flag is saved with the next commit, before any dropped row counts.
+    rescan = drop_nonfinite or record.get("dropping", False)
+    record["dropping"] = rescan
+    skip_source = 0 if rescan else done_here
+    to_skip_kept = done_here if rescan else 0
     sequences = SequenceRecorder(writer)
     seq_offset = int(writer.meta["provenance"]["imports"][-1].get("seq_offset", 0))
     total = sum(p.rows for p in parts)
@@ -184,25 +194,28 @@ def _copy_rows(writer: StoreWriter, parts: list[Part], names: list[str], target:
             good = np.ones(len(next(iter(acts.values()))), dtype=bool)
             for h, a in acts.items():
                 good &= _finite_rows(a, target[h])
-            n_bad = int((~good).sum())
-            if n_bad and not drop_nonfinite:
-                first_bad = source_row + start + int(np.argmin(good))
-                raise ValueError(f"{part.path}: {n_bad} row(s) with NaN/Inf in rows {source_row + start}.."
-                                 f"{source_row + start + len(good) - 1} (first: source row {first_bad}); pass "
-                                 f"--drop-nonfinite to drop them (the committed rows are kept; re-run to resume)")
-            if to_skip_kept:
+            if to_skip_kept:  # rows a previous run committed or dropped: skip them as it did
                 keep_idx = np.nonzero(good)[0]
                 if len(keep_idx) <= to_skip_kept:
                     to_skip_kept -= len(keep_idx)
-                    dropped += n_bad
+                    dropped += int((~good).sum())
                     start += len(good)
                     bar.update(len(good))
                     continue
                 cut = keep_idx[to_skip_kept]  # first row not yet committed
                 dropped += int((~good[:cut]).sum())
                 good[:cut] = False
-                n_bad = int((~good[cut:]).sum())
+                fresh = np.zeros(len(good), dtype=bool)
+                fresh[cut:] = True
                 to_skip_kept = 0
+            else:
+                fresh = np.ones(len(good), dtype=bool)
+            n_bad = int((~good & fresh).sum())
+            if n_bad and not drop_nonfinite:
+                first_bad = source_row + start + int(np.argmax(~good & fresh))
+                raise ValueError(f"{part.path}: {n_bad} row(s) with NaN/Inf in rows {source_row + start}.."
+                                 f"{source_row + start + len(good) - 1} (first: source row {first_bad}); pass "
+                                 f"--drop-nonfinite to drop them (the committed rows are kept; re-run to resume)")
             idx = np.nonzero(good)[0]
             rows = {h: a[idx] for h, a in acts.items()}
             if part.has_tokens:
@@ -252,6 +265,9 @@ class SequenceRecorder:
             contexts = np.full((len(where), window), -1, np.int32)  # -1: a position the block did not hold
             for row, j in enumerate(where):
                 same = block.seq_index == block.seq_index[idx[j]]
+                if block.positions[same].max() >= window:
+                    raise ValueError(f"a sequence has positions up to {int(block.positions[same].max())}, beyond the "
+                                     f"store's windows of {window} tokens: import it into a new store")
                 contexts[row, block.positions[same]] = block.tokens[same]
         self.writer.add_sequences(self.writer.n_rows + where, contexts)
 

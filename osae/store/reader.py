@@ -149,6 +149,18 @@ class ActivationStore:
             raise StoreError(f"{self.loc.display} has no hook '{hook}'; it holds {names}")
         return hook
 
+    def sequence_starts(self) -> np.ndarray:
+        """First row of every committed sequence (sequences/row_start[:n_sequences]), increasing."""
+        if not self.has_tokens or not self.n_sequences:
+            return np.empty(0, np.int64)
+        return np.asarray(self.array("sequences/row_start")[: self.n_sequences], np.int64)
+
+    def sequence_of_rows(self, rows: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+        """Sequence number (the index into sequences/*) of each row. Sequences are found through row_start
+        only (store-format.md); `seq_id` values are information for users and need not be indices."""
+        starts = self.sequence_starts() if starts is None else starts
+        return np.searchsorted(starts, np.asarray(rows), side="right") - 1
+
     def d_model(self, hook: str) -> int:
         return int(self.hooks[hook]["d_model"])
 

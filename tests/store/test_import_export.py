@@ -201,3 +201,67 @@ def test_a_harvested_store_exported_with_tokens_imports_back_with_the_same_token
     for path in (f"acts/{hook}", "tokens", "position", "seq_id"):
         assert np.array_equal(back.read_rows(path, 0, back.n_tokens), src.read_rows(path, 0, src.n_tokens)), path
     assert back.n_sequences == src.n_sequences
+
+
+def _sequences_file(path, n_seq, ctx, d, seed=5):
+    rng = np.random.default_rng(seed)
+    acts = rng.standard_normal((n_seq, ctx, d)).astype(np.float32)
+    toks = rng.integers(0, 50_000, (n_seq, ctx)).astype(np.int32)
+    return acts, toks
+
+
+def _windows_agree_with_rows(store):
+    """Every stored row's token sits at its position in its sequence's window (found through row_start)."""
+    tokens = store.read_rows("tokens", 0, store.n_tokens)
+    pos = store.read_rows("position", 0, store.n_tokens)
+    seq = store.sequence_of_rows(np.arange(store.n_tokens))
+    ctx = store.array("sequences/context")[: store.n_sequences]
+    return bool((ctx[seq, pos] == tokens).all()) and not (ctx < 0).any()
+
+
+def test_dropped_sequences_keep_windows_and_rows_in_step(tmp_path):
+    acts, toks = _sequences_file(tmp_path, 40, 16, 8)
+    acts[3] = np.nan  # a whole sequence goes
+    acts[7, 5, 0] = np.inf  # one row of another
+    save_file({"blocks.0.hook_resid_post": torch.from_numpy(acts), "tokens": torch.from_numpy(toks)}, tmp_path / "s.safetensors")
+    proc = _osae("store", "import", tmp_path / "s.safetensors", "--out", tmp_path / "s.zarr", "--drop-nonfinite")
+    assert proc.returncode == 0, proc.stderr
+    store = ActivationStore(tmp_path / "s.zarr")
+    assert store.n_tokens == 40 * 16 - 17 and store.n_sequences == 39
+    assert _windows_agree_with_rows(store)
+
+
+def test_a_killed_sequence_import_resumes_with_whole_windows(tmp_path):
+    acts, toks = _sequences_file(tmp_path, 3000, 100, 64)  # ~73 MiB, sequences not aligned to chunks
+    src = tmp_path / "seqs.safetensors"
+    save_file({"blocks.0.hook_resid_post": torch.from_numpy(acts), "tokens": torch.from_numpy(toks)}, src)
+    out = tmp_path / "s.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "osae", "store", "import", str(src), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if ActivationStore(out).n_tokens > 0:
+                break
+        except OsaeError:  # not created yet, or its first commit not written
+            pass
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 0 < ActivationStore(out).n_tokens < 300_000
+    assert _osae("store", "import", src, "--out", out).returncode == 0
+    store = ActivationStore(out)
+    assert store.n_tokens == 300_000 and store.n_sequences == 3000
+    assert np.array_equal(store.read_rows("tokens", 0, store.n_tokens), toks.reshape(-1))
+    assert _windows_agree_with_rows(store)
+
+
+def test_append_refuses_longer_sequences_than_the_store_windows(tmp_path):
+    for name, ctx in (("short", 8), ("long", 12)):
+        acts, toks = _sequences_file(tmp_path, 10, ctx, 4)
+        save_file({"blocks.0.hook_resid_post": torch.from_numpy(acts), "tokens": torch.from_numpy(toks)},
+                  tmp_path / f"{name}.safetensors")
+    assert _osae("store", "import", tmp_path / "short.safetensors", "--out", tmp_path / "s.zarr").returncode == 0
+    proc = _osae("store", "import", tmp_path / "long.safetensors", "--out", tmp_path / "s.zarr", "--append")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "windows of 8 positions" in proc.stderr
+    assert ActivationStore(tmp_path / "s.zarr").complete  # refused before touching the store
