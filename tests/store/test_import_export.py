@@ -22,6 +22,22 @@ def _osae(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def _kill_after_first_commit(src, out):
+    """Start an import and SIGKILL it as soon as it has committed some rows."""
+    proc = subprocess.Popen([sys.executable, "-m", "osae", "store", "import", str(src), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if ActivationStore(out).n_tokens > 0:
+                break
+        except OsaeError:  # not created yet, or its first commit not written
+            pass
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _all_rows(store_path, hook):
     s = ActivationStore(store_path)
     return s.read_rows(f"acts/{hook}", 0, s.n_tokens)
@@ -159,18 +175,7 @@ def test_a_killed_import_resumes_to_the_same_store(tmp_path):
     x = np.random.default_rng(4).standard_normal((400_000, 64)).astype(np.float32)  # ~100 MiB, several shards
     np.save(tmp_path / "big.npy", x)
     out = tmp_path / "s.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "osae", "store", "import", str(tmp_path / "big.npy"), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if ActivationStore(out).n_tokens > 0:
-                break
-        except OsaeError:  # not created yet, or created but its first commit not written
-            pass
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_after_first_commit(tmp_path / "big.npy", out)
     partial = ActivationStore(out)
     assert 0 < partial.n_tokens < len(x) and not partial.complete
     resumed = _osae("store", "import", tmp_path / "big.npy", "--out", out)
@@ -236,18 +241,7 @@ def test_a_killed_sequence_import_resumes_with_whole_windows(tmp_path):
     src = tmp_path / "seqs.safetensors"
     save_file({"blocks.0.hook_resid_post": torch.from_numpy(acts), "tokens": torch.from_numpy(toks)}, src)
     out = tmp_path / "s.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "osae", "store", "import", str(src), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if ActivationStore(out).n_tokens > 0:
-                break
-        except OsaeError:  # not created yet, or its first commit not written
-            pass
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_after_first_commit(src, out)
     assert 0 < ActivationStore(out).n_tokens < 300_000
     assert _osae("store", "import", src, "--out", out).returncode == 0
     store = ActivationStore(out)
