@@ -67,24 +67,6 @@ def prefix_plot(result: dict, out: Path) -> Path | None:
     return _save(fig, out / "prefix_curves.png")
 
 
-def _line_plot(series: dict[str, tuple], path: Path, *, xlabel: str, ylabel: str, title: str, loglog: bool) -> Path:
-    """One line per SAE; x on a log2 axis (log-log when `loglog`)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (x, y) in sorted(series.items()):
-        ax.plot(x, y, marker=None if loglog else ".", label=name)
-    if loglog:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    else:
-        ax.set_xscale("log", base=2)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def progressive_plot(result: dict, out: Path) -> Path | None:
     """FVU and (when the model ran) CE loss of the first G latents against G, one line per SAE."""
     panels = {"progressive_fvu": "FVU", "progressive_ce": "CE loss (nats/token)"}
@@ -116,15 +98,22 @@ def progressive_plot(result: dict, out: Path) -> Path | None:
 
 
 def power_law_plot(ea2: dict[str, np.ndarray], out: Path) -> Path | None:
-    series = {}
-    for name, v in ea2.items():
+    """E[z^2] against rank, log-log, one line per SAE (dead latents left out)."""
+    if not ea2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, v in sorted(ea2.items()):
         v = np.sort(np.asarray(v))[::-1]
         v = v[v > 0]
-        series[name] = (np.arange(1, len(v) + 1), v)
-    if not series:
-        return None
-    return _line_plot(series, out / "power_law.png", xlabel="rank", ylabel="E[z^2]",
-                      title="Feature importance against rank", loglog=True)
+        ax.plot(np.arange(1, len(v) + 1), v, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="rank", ylabel="E[z^2]", title="Feature importance against rank")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / "power_law.png")
 
 
 def matching_scatter(pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], out: Path) -> Path | None:
