@@ -17,9 +17,10 @@ import time
 import numpy as np
 import torch
 
-from osae.store.normalize import Normalizer
+from osae.store import Normalizer
 from osae.train.architectures.base import SparseCode
 from osae.train.config import SAESpec, TrainConfig
+from osae.train.batches import TensorBatches
 from osae.train.trainer import Trainer
 
 D, K, k, B = 512, 16384, 32, 4096
@@ -47,13 +48,13 @@ def naive_prefix_loss(sae, x, pi):
 
 def step_time(spec: SAESpec, steps: int, naive: bool = False) -> float:
     cfg = TrainConfig(store="unused", out="/nonexistent", saes=[spec], tokens=B * 1000, batch_size=B, lr_warmup_steps=1)
-    tr = Trainer(cfg, iter(()), d_in=D, normalizer=Normalizer("none"), meta={}, progress=False)
+    tr = Trainer(cfg, TensorBatches(torch.zeros(B, D), B), d_in=D, normalizer=Normalizer("none"), meta={}, progress=False)
     m = tr.members[0]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=g)
     if naive:
-        def forward(x, **kw):
-            out = type(m.sae).forward(m.sae, x, **kw)
+        def forward(x, ctx=None):
+            out = type(m.sae).forward(m.sae, x, ctx)
             out.losses["nd"] = naive_prefix_loss(m.sae, x, m.sae.pi)
             return out
         m.sae.forward = forward

@@ -24,9 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from osae.store import ActivationStore, StoreWriter, hook_spec
-from osae.store.loader import LoaderConfig, ShuffledLoader
-from osae.store.split import split_intervals
+from osae.store import ActivationStore, LoaderConfig, ShuffledLoader, StoreWriter, hook_spec, split_intervals
 
 HOOK = "blocks.3.hook_resid_post"
 CTX = 128

@@ -19,13 +19,30 @@ log = logging.getLogger("osae")
 USER_ERRORS: tuple[type[BaseException], ...] = (OsaeError, ValueError, FileNotFoundError, PermissionError)
 
 
+class MainProcessOnly(logging.Filter):
+    """In a multi-process run (RANK set by accelerate/torchrun) only rank 0 logs below WARNING, and every
+    record names its rank, so N processes do not print N copies of each line."""
+
+    def __init__(self, rank: int, world: int):
+        super().__init__()
+        self.rank, self.world = rank, world
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank_tag = f"[rank {self.rank}] " if self.world > 1 else ""
+        return self.rank == 0 or record.levelno >= logging.WARNING
+
+
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(levelname)s %(message)s", stream=sys.stderr)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(rank_tag)s%(message)s"))
+    handler.addFilter(MainProcessOnly(rank, world))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 1) -> None:
     typer.echo(f"osae: error: {message}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -44,7 +61,7 @@ def user_errors(fn: Callable) -> Callable:
             if os.environ.get("OSAE_DEBUG"):
                 raise
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            fail(msg)
+            fail(msg, getattr(exc, "exit_code", 1))
         except OSError as exc:
             if os.environ.get("OSAE_DEBUG"):
                 raise

@@ -47,3 +47,65 @@ def broadcast(obj, world: int):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class Collective:
+    """The reductions an SAE step needs across the processes that share one batch, each holding an equal,
+    contiguous slice of it (rank r holds rows r*b .. (r+1)*b). With one process every call is the identity,
+    so architectures call them unconditionally and a 1-process run pays nothing."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    def _reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        # gloo reduces bool tensors poorly: reduce as int32 and cast back
+        work = t.to(torch.int32) if t.dtype == torch.bool else t.clone()
+        dist.all_reduce(work, op=ops[op])
+        return work.to(t.dtype)
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Elementwise sum over processes (a new tensor when world > 1)."""
+        return self._reduce(t, "sum")
+
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        return self._reduce(t, "max")
+
+    def min(self, t: torch.Tensor) -> torch.Tensor:
+        return self._reduce(t, "min")
+
+    def reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
+        """`op` is sum, max, min, or global (the value is already the same on every process)."""
+        if op == "global":
+            return t
+        if op not in ("sum", "max", "min"):
+            raise ValueError(f"unknown reduction {op!r}")
+        return self._reduce(t, op)
+
+    def cat(self, t: torch.Tensor) -> torch.Tensor:
+        """Every process's `t` (equal shapes), concatenated along dim 0 in rank order."""
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def mean_grads_(self, params) -> None:
+        """Average the gradients of `params` over processes (equal slices: the gradient of the whole batch)."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+
+SINGLE = Collective()

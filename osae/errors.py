@@ -23,3 +23,19 @@ class StoreMismatchError(StoreError):
 
 class CheckpointError(OsaeError):
     """A checkpoint cannot be loaded or does not match."""
+
+
+class UsageError(OsaeError, ValueError):
+    """A setting, argument or input value is wrong (also a ValueError, as config validation raises)."""
+
+
+class MissingInputError(OsaeError, FileNotFoundError):
+    """A file or directory the user named does not exist."""
+
+
+class RunInterrupted(OsaeError):
+    """SIGINT or SIGTERM stopped a run after it wrote a checkpoint; the same command resumes it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for a death by signal

@@ -11,9 +11,6 @@ mkdir -p "$OUT"
 osae harvest --layer 3 --tokens 1000000 --out "$OUT/stdlib-l3.zarr"
 osae store info "$OUT/stdlib-l3.zarr"
 osae store verify "$OUT/stdlib-l3.zarr"
-if [ ! -f "$OUT/run/run_state.json" ]; then
-  osae fit --store "$OUT/stdlib-l3.zarr" --sweep scripts/demo_sweep.json --tokens 2000000 --batch-size 1024 --out "$OUT/run"
-else
-  osae fit --resume "$OUT/run"
-fi
+# Every step is safe to re-run after any interruption: the same command resumes (or restarts) its work.
+osae fit --store "$OUT/stdlib-l3.zarr" --sweep scripts/demo_sweep.json --tokens 2000000 --batch-size 1024 --out "$OUT/run"
 osae evaluate "$OUT/run" --store "$OUT/stdlib-l3.zarr" --out "$OUT/report" --max-tokens 25000 --lm-tokens 20000

@@ -32,7 +32,7 @@ from osae.evaluate.report import (
 )
 from osae.evaluate.run import _json_default, evaluate, public
 from osae.harvest import HarvestConfig, harvest
-from osae.store.toy import ToyConfig, write_toy_store
+from osae.synthetic import ToyConfig, write_toy_store
 from osae.train.checkpoint import load_frozen
 from osae.train.config import SAESpec, TrainConfig
 from osae.train.fit import fit

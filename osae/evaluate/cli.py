@@ -10,6 +10,15 @@ import typer
 from osae.cli_common import user_errors
 
 
+def _device(name: str) -> str:
+    """auto: cuda when available, else cpu (as fit and harvest choose)."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @user_errors
 def evaluate_cmd(
     checkpoints: list[str] = typer.Argument(..., help="Checkpoint directories or run directories."),
@@ -21,7 +30,7 @@ def evaluate_cmd(
     max_tokens: int = typer.Option(1_000_000, help="Held-out tokens for reconstruction metrics."),
     lm_tokens: int = typer.Option(200_000, help="Held-out tokens for CE/KL."),
     progressive_ce: bool = typer.Option(True, help="CE of the first G latents for G = 16, 32, ... K (one model pass per G)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ) -> None:
     """Reconstruction, CE recovered and KL, power laws, and Stab/Ord between seeds of each configuration.
@@ -34,7 +43,7 @@ def evaluate_cmd(
 
     result = evaluate(checkpoints, store, use_model=not no_model, require_model=require_model, model=model,
                       max_tokens=max_tokens, lm_tokens=lm_tokens,
-                      progressive_ce=progressive_ce, device=device)
+                      progressive_ce=progressive_ce, device=_device(device))
     if out:
         write_outputs(result, Path(out))
     if json_out:

@@ -8,12 +8,12 @@ Prefix-wise curves truncate both dictionaries to their first p atoms, then match
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from scipy.stats import spearmanr
+
+from osae.evaluate.matching import Matching
+from osae.evaluate.sparse_matching import sparse_match
 
 
 def unit_rows(W: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -21,34 +21,10 @@ def unit_rows(W: torch.Tensor | np.ndarray) -> np.ndarray:
     return W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
 
 
-@dataclass
-class Matching:
-    rows: np.ndarray  # matched atom indices in D
-    cols: np.ndarray  # their partners in D'
-    cosines: np.ndarray
-    method: str
-
-    @property
-    def stab(self) -> float:
-        return float(self.cosines.mean()) if len(self.cosines) else float("nan")
-
-    @property
-    def ord(self) -> float:
-        n = len(self.rows)
-        if n < 2:
-            return float("nan")
-        if len(np.unique(self.rows)) == n and np.array_equal(np.sort(self.rows), np.arange(n)) and \
-                np.array_equal(np.sort(self.cols), np.arange(n)):
-            return float(1 - 6 * np.sum((self.rows - self.cols) ** 2) / (n * (n**2 - 1)))
-        return float(spearmanr(self.rows, self.cols).statistic)  # unequal sizes: rank-transformed
-
-
 def match(D_a, D_b, *, exact_limit: int = 4096) -> Matching:
     """Hungarian matching of the rows (atoms) of two dictionaries, maximising the summed signed cosine."""
     A, B = unit_rows(D_a), unit_rows(D_b)
     if max(len(A), len(B)) > exact_limit:
-        from osae.evaluate.sparse_matching import sparse_match
-
         return sparse_match(A, B)
     C = A @ B.T
     r, c = linear_sum_assignment(C, maximize=True)

@@ -113,11 +113,11 @@ def inspect_checkpoint(checkpoint: str, store_url: str, out: Path, *, latents: s
     """Write the latent page of one frozen checkpoint; returns what was shown."""
     from tqdm.auto import tqdm
 
+    from osae.evaluate.batches import checkpoint_normalizer
     from osae.evaluate.run import require_matching_store
     from osae.evaluate.top_activations import top_activations
     from osae.harvest.models import load_tokenizer
-    from osae.store.normalize import Normalizer
-    from osae.store.reader import ActivationStore
+    from osae.store import ActivationStore
     from osae.train.checkpoint import load_frozen
 
     sae, cfg = load_frozen(checkpoint)
@@ -129,7 +129,7 @@ def inspect_checkpoint(checkpoint: str, store_url: str, out: Path, *, latents: s
     source = tokenizer or model.get("source")
     tok = load_tokenizer(source) if source else None
     with tqdm(total=max_tokens, desc="inspect", unit="tok", unit_scale=True, disable=None if progress else True) as bar:
-        found = top_activations(sae, Normalizer.from_dict(cfg.get("normalization", {"kind": "none"})), store, hook,
+        found = top_activations(sae, checkpoint_normalizer(cfg), store, hook,
                                 latents=chosen, max_tokens=max_tokens, top=top, before=before, after=after,
                                 split=split, progress=bar.update)
     facts = {"checkpoint": str(checkpoint), "architecture": f"{cfg['architecture']}, {sae.cfg.d_sae} latents",

@@ -16,9 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from osae.harvest.hooks import find_blocks
-from osae.store.normalize import Normalizer
-from osae.store.reader import ActivationStore
-from osae.store.split import split_intervals
+from osae.store import ActivationStore, Normalizer, split_intervals
 from osae.train.architectures import SAE
 
 

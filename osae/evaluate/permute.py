@@ -12,27 +12,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from osae.store.loader import iter_split_rows
-from osae.store.normalize import Normalizer
-from osae.store.reader import ActivationStore, to_float32
-from osae.train.architectures.base import SparseCode
+from osae.evaluate.batches import checkpoint_normalizer, iter_codes
+from osae.store import ActivationStore, Normalizer
 from osae.train.checkpoint import load_frozen, save_frozen
 
 
 @torch.no_grad()
 def importance(sae, normalizer: Normalizer, store: ActivationStore, hook: str, by: str, max_tokens: int,
                batch: int = 4096) -> np.ndarray:
-    ea2 = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    d_sae = sae.cfg.d_sae
+    ea2 = torch.zeros(d_sae, dtype=torch.float64)
+    fired = torch.zeros(d_sae, dtype=torch.float64)
     n = 0
-    for _, rows in iter_split_rows(store, hook, "train", max_rows=max_tokens):
-        x_all = torch.from_numpy(to_float32(rows, store.dtype(hook)))
-        for s in range(0, len(x_all), batch):
-            code = sae.encode(normalizer.forward(x_all[s : s + batch]))
-            z = code.dense(sae.cfg.d_sae) if isinstance(code, SparseCode) else code
-            ea2 += (z.double() ** 2).sum(0)
-            fired += (z > 0).double().sum(0)
-            n += len(z)
+    for b in iter_codes(sae, normalizer, store, hook, "train", max_tokens=max_tokens, batch=batch):
+        ea2 += b.code.sum_sq(d_sae).cpu()
+        fired += b.code.fire_counts(d_sae).double().cpu()
+        n += len(b)
     if n == 0:
         raise ValueError(f"{store.loc.display} has no training rows to calibrate the ordering on")
     return ((ea2 if by == "ea2" else fired) / n).numpy()
@@ -46,8 +41,7 @@ def permute_checkpoint(checkpoint, store_url: str, out, *, by: str = "ea2", max_
     hook = cfg["hook"]
     if hook not in store.hooks or store.d_model(hook) != sae.cfg.d_in:
         raise ValueError(f"{store.loc.display} does not hold hook '{hook}' with d_in={sae.cfg.d_in}; pass the training store")
-    norm = Normalizer.from_dict(cfg.get("normalization", {"kind": "none"}))
-    score = importance(sae, norm, store, hook, by, max_tokens)
+    score = importance(sae, checkpoint_normalizer(cfg), store, hook, by, max_tokens)
     perm = np.lexsort((np.arange(len(score)), -score))  # decreasing score, ties by original index
     sae.permute_(torch.from_numpy(perm))
     meta = {k: v for k, v in cfg.items() if k not in ("format_version", "osae_version", "architecture", "d_in", "d_sae",

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from osae.store.loader import iter_split_rows
-from osae.store.normalize import Normalizer
-from osae.store.reader import ActivationStore, to_float32
+from osae.evaluate.batches import CodeBatch, iter_codes, reconstruct
+from osae.store import ActivationStore, Normalizer, load_rows
 from osae.train.architectures import SAE
-from osae.train.architectures.base import SparseCode
 
 
 @dataclass
 class Accumulator:
+    """Running float64 sums of every reconstruction metric; `add` one batch at a time."""
+
     d_sae: int
     granularities: list[int]
 
@@ -37,22 +37,21 @@ class Accumulator:
         self.ea2 = np.zeros(self.d_sae)
         self.sse_g = {g: 0.0 for g in self.granularities}
 
-    def add(self, x: torch.Tensor, recon: torch.Tensor, z: torch.Tensor, recon_g: dict[int, torch.Tensor]) -> None:
-        x64, r64 = x.double(), recon.double()
-        self.n += len(x)
-        s = x64.sum(0)
+    def add(self, b: CodeBatch) -> None:
+        x64, r64 = b.x.double(), b.recon.double()
+        self.n += len(b)
+        s = x64.sum(0).cpu()
         self.sum_x = s if self.sum_x is None else self.sum_x + s
         self.sum_sq += float((x64 ** 2).sum())
         self.sse += float(((x64 - r64) ** 2).sum())
         denom = x64.norm(dim=1) * r64.norm(dim=1)
         self.cos += float(torch.where(denom > 0, (x64 * r64).sum(1) / denom.clamp_min(1e-30), 0).sum())
-        active = z > 0
-        self.l0 += float(active.sum())
-        self.l1 += float(z.double().abs().sum())
-        self.fired += active.sum(0).double().numpy()
-        self.ea2 += (z.double() ** 2).sum(0).numpy()
-        for g, rg in recon_g.items():
-            self.sse_g[g] += float(((x64 - rg.double()) ** 2).sum())
+        self.l0 += float(b.code.l0().sum())
+        self.l1 += float(b.code.l1().double().sum())
+        self.fired += b.code.fire_counts(self.d_sae).double().cpu().numpy()
+        self.ea2 += b.code.sum_sq(self.d_sae).cpu().numpy()
+        for g in self.granularities:
+            self.sse_g[g] += float(((x64 - b.prefix_recon(g).double()) ** 2).sum())
 
     def result(self, d_in: int) -> dict:
         n = max(self.n, 1)
@@ -75,20 +74,14 @@ def default_granularities(d_sae: int) -> list[int]:
 
 @torch.no_grad()
 def reconstruction_metrics(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *,
-                           max_tokens: int = 1_000_000, batch: int = 4096, granularities: list[int] | None = None,
-                           device: str = "cpu") -> dict:
-    """Metrics of one SAE on the store's evaluation split, reported in the store's original units."""
+                           max_tokens: int = 1_000_000, batch: int = 4096,
+                           granularities: list[int] | None = None) -> dict:
+    """Metrics of one SAE on the store's evaluation split, reported in the store's original units (computed on
+    the device of the SAE's parameters)."""
     grans = granularities if granularities is not None else default_granularities(sae.cfg.d_sae)
     acc = Accumulator(sae.cfg.d_sae, grans)
-    for _, rows in iter_split_rows(store, hook, "eval", max_rows=max_tokens):
-        x_all = torch.from_numpy(to_float32(rows, store.dtype(hook)))
-        for s in range(0, len(x_all), batch):
-            x = x_all[s : s + batch].to(device)
-            code = sae.encode(normalizer.forward(x))
-            recon = normalizer.inverse(sae.decode(code))
-            z = code.dense(sae.cfg.d_sae) if isinstance(code, SparseCode) else code
-            recon_g = {g: normalizer.inverse(sae.decode(code, upto=g)) for g in grans}
-            acc.add(x.cpu(), recon.cpu(), z.cpu(), {g: r.cpu() for g, r in recon_g.items()})
+    for b in iter_codes(sae, normalizer, store, hook, "eval", max_tokens=max_tokens, batch=batch):
+        acc.add(b)
     if acc.n == 0:
         raise ValueError(f"{store.loc.display} has an empty evaluation split; evaluate needs held-out rows")
     return acc.result(store.d_model(hook))
@@ -114,8 +107,7 @@ def rsa(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *, 
     1 - cos dissimilarity matrices of x and x_hat, over `repeats` disjoint samples of n held-out tokens."""
     from scipy.stats import spearmanr
 
-    rows = [r for _, r in iter_split_rows(store, hook, "eval", max_rows=n * repeats * 4)]
-    x_all = torch.from_numpy(to_float32(np.concatenate(rows), store.dtype(hook)))
+    x_all = load_rows(store, hook, "eval", max_tokens=n * repeats * 4)
     order = np.random.default_rng(seed).permutation(len(x_all))
     per = min(n, len(x_all) // repeats)
     if per < 3:
@@ -124,7 +116,7 @@ def rsa(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *, 
     values = []
     for i in range(repeats):
         x = x_all[order[i * per : (i + 1) * per]]
-        x_hat = normalizer.inverse(sae.decode(sae.encode(normalizer.forward(x))))
+        x_hat = reconstruct(sae, normalizer, x)
         def rdm(v):
             u = torch.nn.functional.normalize(v.double(), dim=1)
             return (1 - u @ u.T).numpy()[iu]

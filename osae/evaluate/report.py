@@ -26,7 +26,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _family(name: str) -> str:
+def _configuration_label(name: str) -> str:
+    """The legend entry of a checkpoint's curves: its name without the seed suffix, so the seed pairs of one
+    configuration draw one line (mean and CI)."""
     return re.sub(r"-s\d+$", "", name)
 
 
@@ -44,7 +46,7 @@ def prefix_plot(result: dict, out: Path) -> Path | None:
     """Prefix-wise Ord and Stab against prefix length, mean and 95% CI over the seed pairs of each family."""
     by_family = defaultdict(list)
     for p in result["pairs"]:
-        by_family[_family(p["a"])].append(p["prefix"])
+        by_family[_configuration_label(p["a"])].append(p["prefix"])
     if not by_family:
         return None
     plt = _plt()

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from osae.errors import CheckpointError
+from osae.evaluate.batches import checkpoint_normalizer, encode_rows
 from osae.evaluate.consistency import CodeCorrelation, match, prefix_curves
 from osae.evaluate.reconstruction import (
     default_granularities,
@@ -28,10 +29,7 @@ from osae.evaluate.reconstruction import (
     rsa,
 )
 from osae.evaluate.stitching import stitching
-from osae.store.loader import iter_split_rows
-from osae.store.normalize import Normalizer
-from osae.store.reader import ActivationStore, to_float32
-from osae.train.architectures.base import SparseCode
+from osae.store import ActivationStore, iter_rows
 from osae.train.checkpoint import CONFIG, load_frozen
 
 log = logging.getLogger(__name__)
@@ -61,7 +59,9 @@ def require_matching_store(path, sae, cfg: dict, store: ActivationStore) -> None
                               f"{sae.cfg.d_in}; pass the matching store or retrain")
 
 
-def _family(name: str) -> str:
+def _seed_family(name: str) -> str:
+    """The configuration a checkpoint name belongs to: its name without the seed suffix. Checkpoints of one
+    seed family are compared pairwise (Stab, Ord, Stab_Z)."""
     return re.sub(r"-s\d+$", "", name)
 
 
@@ -76,13 +76,13 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
     for c in ckpts:
         sae, cfg = load_frozen(c, device=device)
         require_matching_store(c, sae, cfg, store)
-        loaded[c.name] = (sae, cfg, Normalizer.from_dict(cfg.get("normalization", {"kind": "none"})))
+        loaded[c.name] = (sae, cfg, checkpoint_normalizer(cfg))
     lm = _load_lm(store, model, use_model, require_model, notes, device)
     gt = store.ground_truth()
     saes = {}
     figures = {"ea2": {}, "freq": {}, "matchings": {}}  # arrays for the plots, not part of the JSON
     for name, (sae, cfg, norm) in tqdm(loaded.items(), desc="evaluate SAEs", unit="SAE", disable=None if progress else True):
-        rec = reconstruction_metrics(sae, norm, store, cfg["hook"], max_tokens=max_tokens, device=device)
+        rec = reconstruction_metrics(sae, norm, store, cfg["hook"], max_tokens=max_tokens)
         entry = {k: v for k, v in rec.items() if k not in ("freq", "ea2")}
         figures["ea2"][name] = rec["ea2"]
         figures["freq"][name] = rec["freq"]
@@ -110,11 +110,11 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
         saes[name] = entry
     pairs = []
     names = sorted(loaded)
-    same_family = [(a, b) for a, b in combinations(names, 2) if _family(a) == _family(b)]
+    same_family = [(a, b) for a, b in combinations(names, 2) if _seed_family(a) == _seed_family(b)]
     for a, b in tqdm(same_family, desc="compare seed pairs", unit="pair", disable=None if progress else True):
         Da, Db = loaded[a][0].W_dec, loaded[b][0].W_dec
         m = match(Da, Db)
-        figures["matchings"].setdefault(_family(a), (m.rows, m.cols, m.cosines))
+        figures["matchings"].setdefault(_seed_family(a), (m.rows, m.cols, m.cosines))
         entry = {"a": a, "b": b, "stab": m.stab, "ord": m.ord, "matching": m.method, "stab_z": None, "ord_z": None,
                  "prefix": prefix_curves(Da, Db)}
         if max(loaded[a][0].cfg.d_sae, loaded[b][0].cfg.d_sae) <= z_max_latents:
@@ -140,17 +140,13 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
 
 @torch.no_grad()
 def code_correlation(a, b, store: ActivationStore, max_tokens: int, device: str, batch: int = 4096) -> CodeCorrelation:
+    """Cross-moments of two SAEs' codes over the same evaluation rows; a and b are (sae, cfg, normalizer)."""
     (sae_a, cfg_a, norm_a), (sae_b, _, norm_b) = a, b
-    hook = cfg_a["hook"]
     acc = CodeCorrelation(sae_a.cfg.d_sae, sae_b.cfg.d_sae)
-    for _, rows in iter_split_rows(store, hook, "eval", max_rows=max_tokens):
-        x_all = torch.from_numpy(to_float32(rows, store.dtype(hook)))
-        for s in range(0, len(x_all), batch):
-            x = x_all[s : s + batch].to(device)
-            za, zb = sae_a.encode(norm_a.forward(x)), sae_b.encode(norm_b.forward(x))
-            za = za.dense(sae_a.cfg.d_sae) if isinstance(za, SparseCode) else za
-            zb = zb.dense(sae_b.cfg.d_sae) if isinstance(zb, SparseCode) else zb
-            acc.add(za.cpu(), zb.cpu())
+    for rows in iter_rows(store, cfg_a["hook"], "eval", max_tokens=max_tokens, batch=batch, device=device):
+        za = encode_rows(sae_a, norm_a, rows).code.dense(sae_a.cfg.d_sae)
+        zb = encode_rows(sae_b, norm_b, rows).code.dense(sae_b.cfg.d_sae)
+        acc.add(za.cpu(), zb.cpu())
     return acc
 
 

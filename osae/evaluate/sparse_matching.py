@@ -12,6 +12,8 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
+from osae.evaluate.matching import Matching
+
 
 def _candidates(A: np.ndarray, B: np.ndarray, top: int, block: int = 2048):
     rows, cols, vals = [], [], []
@@ -26,9 +28,7 @@ def _candidates(A: np.ndarray, B: np.ndarray, top: int, block: int = 2048):
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals).astype(np.float64)
 
 
-def sparse_match(A: np.ndarray, B: np.ndarray):
-    from osae.evaluate.consistency import Matching
-
+def sparse_match(A: np.ndarray, B: np.ndarray) -> Matching:
     transpose = len(A) > len(B)
     if transpose:  # the solver matches every row: keep the smaller side as rows
         A, B = B, A
@@ -55,9 +55,7 @@ def sparse_match(A: np.ndarray, B: np.ndarray):
     return m
 
 
-def _greedy(A: np.ndarray, B: np.ndarray):
-    from osae.evaluate.consistency import Matching
-
+def _greedy(A: np.ndarray, B: np.ndarray) -> Matching:
     r, c, v = _candidates(A, B, min(1024, len(B)))
     order = np.argsort(-v)
     used_a, used_b, pairs = set(), set(), []

@@ -6,54 +6,54 @@ small SAE S's reconstruction and measure the change of the squared error over th
 novel if dMSE_j < -tol (S lacked it), reconstruction if dMSE_j > tol (it overlaps S), no change otherwise
 (in practice: never fired). tol = 1e-9 * MSE_S. Also reported: the share of large latents whose best cosine
 with any small atom is below 0.7 (a heuristic of the stitching write-up), and how often the two agree.
+Each SAE reads the rows in its own training units; d^L_j is L's atom taken to store units, so any
+normalisation (none, scalar, standardize) works.
 """
 
 from __future__ import annotations
 
 import torch
 
-from osae.store.loader import iter_split_rows
-from osae.store.reader import ActivationStore, to_float32
-from osae.train.architectures.base import SparseCode
+from osae.evaluate.batches import checkpoint_normalizer, encode_rows, reconstruct
+from osae.store import ActivationStore, Normalizer, iter_rows
 
 
-def _scale(cfg: dict) -> float:
-    norm = cfg.get("normalization", {"kind": "none"})
-    if norm.get("kind") == "standardize":
-        raise ValueError("stitching needs SAEs trained with normalization none or scalar")
-    return float(norm.get("scale", 1.0)) if norm.get("kind") == "scalar" else 1.0
+def atoms_in_store_units(sae, normalizer: Normalizer) -> torch.Tensor:
+    """(F, D) float64: what one unit of each latent adds to the reconstruction in store units. Normalizing
+    is affine (y = (x - shift) * scale), so an atom d_j maps to d_j / scale; the shift only moves the bias."""
+    W = sae.W_dec.detach().double()
+    return normalizer.inverse(W) - normalizer.inverse(torch.zeros_like(W[:1]))
 
 
 @torch.no_grad()
 def stitching(small, large, store: ActivationStore, hook: str, *, max_tokens: int = 1_000_000, batch: int = 4096) -> dict:
+    """Stitching fractions of `large` into `small`, each a (sae, checkpoint config) pair."""
     (sae_s, cfg_s), (sae_l, cfg_l) = small, large
-    s_s, s_l = _scale(cfg_s), _scale(cfg_l)
+    norm_s, norm_l = checkpoint_normalizer(cfg_s), checkpoint_normalizer(cfg_l)
     K = sae_l.cfg.d_sae
-    sq = torch.zeros(K, dtype=torch.float64)
-    cross = torch.zeros(K, dtype=torch.float64)
-    norms2 = (sae_l.W_dec.double() ** 2).sum(1)
+    device = next(sae_l.parameters()).device
+    atoms = atoms_in_store_units(sae_l, norm_l)  # z^L_j (L's own units) times atoms[j] = j's contribution
+    norms2 = (atoms ** 2).sum(1)
+    sq = torch.zeros(K, dtype=torch.float64, device=device)
+    cross = torch.zeros(K, dtype=torch.float64, device=device)
     sse_s, n = 0.0, 0
-    for _, rows in iter_split_rows(store, hook, "eval", max_rows=max_tokens):
-        x_all = torch.from_numpy(to_float32(rows, store.dtype(hook)))
-        for b in range(0, len(x_all), batch):
-            x = x_all[b : b + batch]
-            e_s = (x - sae_s.decode(sae_s.encode(x * s_s)) / s_s).double()
-            code = sae_l.encode(x * s_l)
-            z = (code.dense(K) if isinstance(code, SparseCode) else code).double() / s_l  # store units
-            sq += (z ** 2).sum(0) * norms2
-            cross += (z * (e_s @ sae_l.W_dec.double().T)).sum(0)
-            sse_s += float((e_s ** 2).sum())
-            n += len(x)
+    for rows in iter_rows(store, hook, "eval", max_tokens=max_tokens, batch=batch, device=device):
+        e_s = (rows.x - reconstruct(sae_s, norm_s, rows.x)).double()
+        code = encode_rows(sae_l, norm_l, rows).code
+        sq += code.sum_sq(K) * norms2
+        cross += (code.dense(K).double() * (e_s @ atoms.T)).sum(0)
+        sse_s += float((e_s ** 2).sum())
+        n += len(rows)
     if n == 0:
         raise ValueError(f"{store.loc.display} has an empty evaluation split")
-    d_mse = (sq - 2 * cross).numpy() / n
+    d_mse = (sq - 2 * cross).cpu().numpy() / n
     tol = 1e-9 * sse_s / n
     novel, recon = d_mse < -tol, d_mse > tol
     cos = (torch.nn.functional.normalize(sae_l.W_dec.double(), dim=1)
-           @ torch.nn.functional.normalize(sae_s.W_dec.double(), dim=1).T).max(1).values.numpy()
+           @ torch.nn.functional.normalize(sae_s.W_dec.double(), dim=1).T).max(1).values.cpu().numpy()
     heuristic = cos < 0.7
     return {"novel_fraction": float(novel.mean()), "reconstruction_fraction": float(recon.mean()),
-            "no_change_fraction": float((~novel & ~recon).mean()), "never_fired_fraction": float((sq.numpy() == 0).mean()),
+            "no_change_fraction": float((~novel & ~recon).mean()), "never_fired_fraction": float((sq.cpu().numpy() == 0).mean()),
             "cosine_heuristic_novel_fraction": float(heuristic.mean()),
             "heuristic_agreement": float((heuristic == novel).mean()), "tokens": n, "d_sae_small": sae_s.cfg.d_sae,
             "d_sae_large": K}

@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from osae.store.loader import iter_split_rows
-from osae.store.normalize import Normalizer
-from osae.store.reader import ActivationStore, to_float32
+from osae.evaluate.batches import iter_codes
+from osae.store import ActivationStore, Normalizer, to_float32
 from osae.train.architectures import SAE
-from osae.train.architectures.base import Code
 
 
 @dataclass
@@ -42,20 +40,6 @@ class LatentSummary:
         return self.fired / max(self.scanned, 1)
 
 
-def code_columns(code: Code, lo: int, hi: int, n_rows: int) -> torch.Tensor:
-    """Dense (n_rows, hi - lo) activations of latents lo..hi-1, without densifying the whole code."""
-    if isinstance(code, torch.Tensor):
-        return code[:, lo:hi]
-    out = torch.zeros(n_rows, hi - lo, dtype=code.vals.dtype, device=code.vals.device)
-    keep = (code.idx >= lo) & (code.idx < hi)
-    if code.offsets is None:
-        rows = torch.arange(n_rows, device=code.idx.device)[:, None].expand_as(code.idx)[keep]
-    else:
-        rows = code.rows()[keep]
-    out[rows, code.idx[keep] - lo] = code.vals[keep]
-    return out
-
-
 @torch.no_grad()
 def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *, latents: range,
                     max_tokens: int = 200_000, top: int = 10, before: int = 12, after: int = 4,
@@ -64,27 +48,25 @@ def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, ho
         raise ValueError(f"{store.loc.display} holds no token ids (imported activations?); inspect needs the tokens "
                          f"to show contexts")
     lo, hi = latents.start, latents.stop
+    device = next(sae.parameters()).device
     n_lat = hi - lo
     fired = torch.zeros(n_lat, dtype=torch.long)
     best_vals = torch.full((top, n_lat), -1.0)
     best_rows = torch.full((top, n_lat), -1, dtype=torch.long)
     scanned = 0
-    blocks = []
-    for start, rows in iter_split_rows(store, hook, split, max_rows=max_tokens):
-        blocks.append((start, start + len(rows)))
-        x_all = torch.from_numpy(to_float32(rows, store.dtype(hook)))
-        for s in range(0, len(x_all), batch):
-            x = x_all[s : s + batch]
-            z = code_columns(sae.encode(normalizer.forward(x)), lo, hi, len(x)).float()
-            fired += (z > 0).sum(0)
-            vals = torch.cat([best_vals, z])
-            row_ids = torch.arange(start + s, start + s + len(x))[:, None].expand(-1, n_lat)
-            rows_all = torch.cat([best_rows, row_ids])
-            best_vals, pick = vals.topk(top, dim=0)
-            best_rows = rows_all.gather(0, pick)
-        scanned += len(x_all)
+    blocks: dict[int, int] = {}  # rows read, block_start -> end: the second pass re-reads whole blocks
+    for b in iter_codes(sae, normalizer, store, hook, split, max_tokens=max_tokens, batch=batch):
+        blocks[b.rows.block_start] = b.rows.stop
+        z = b.code.columns(lo, hi).float().cpu()
+        fired += (z > 0).sum(0)
+        vals = torch.cat([best_vals, z])
+        row_ids = torch.arange(b.rows.start, b.rows.stop)[:, None].expand(-1, n_lat)
+        rows_all = torch.cat([best_rows, row_ids])
+        best_vals, pick = vals.topk(top, dim=0)
+        best_rows = rows_all.gather(0, pick)
+        scanned += len(b)
         if progress is not None:
-            progress(len(x_all))
+            progress(len(b))
     if scanned == 0:
         raise ValueError(f"{store.loc.display} has no rows in its {split} split; inspect needs some")
     wanted: dict[int, list[tuple[int, int]]] = {}  # row -> [(latent column, rank)]
@@ -95,7 +77,7 @@ def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, ho
     examples: dict[tuple[int, int], Example] = {}
     ctx = store.array("sequences/context") if "sequences/context" in store.group else None
     starts = store.sequence_starts()
-    for b_lo, b_hi in blocks:
+    for b_lo, b_hi in blocks.items():
         rows_here = sorted(r for r in wanted if b_lo <= r < b_hi)
         if not rows_here:
             continue
@@ -109,8 +91,8 @@ def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, ho
             # Neighbours of the same sequence within this block (sequences are stored in position order).
             a, b = max(0, i - before), min(len(seq), i + after + 1)
             same = np.nonzero(seq[a:b] == seq[i])[0] + a
-            x = torch.from_numpy(to_float32(acts[same], store.dtype(hook)))
-            z = code_columns(sae.encode(normalizer.forward(x)), lo, hi, len(x)).float()
+            x = torch.from_numpy(to_float32(acts[same], store.dtype(hook))).to(device)
+            z = sae.encode(normalizer.forward(x)).columns(lo, hi).float().cpu()
             # The stored rows always hold the focus token; the full window adds BOS and the rest.
             window = {int(p): int(t) for p, t in zip(pos[same], tok[same])} | windows.get(int(seq[i]), {})
             for col, rank in wanted[r]:

@@ -9,14 +9,27 @@ import sys
 import typer
 
 from osae.cli_common import print_json, user_errors
+from osae.cli_config import given_options, merge_options, print_config, read_mapping
 from osae.harvest.config import HarvestConfig
 from osae.harvest.hooks import HOOKS
-from osae.harvest.models import EMBEDDED_NAME
+from osae.harvest.models import EMBEDDED_NAME, resolve_model_name
+
+# harvest_cmd parameter -> HarvestConfig field (the options a --config file's values yield to).
+FIELDS = {"out": "out", "layer": "layers", **{name: name for name in (
+    "hook", "model", "revision", "dtype", "device", "trust_remote_code", "dataset", "text_column", "split",
+    "dataset_config", "tokens", "context_size", "batch_size", "windows", "include_bos", "store_dtype", "compressor",
+    "eval_fraction", "overwrite")}}
 
 
 @user_errors
 def harvest_cmd(
-    out: str = typer.Option(..., "--out", help="Store to write: a local path or s3:// URL."),
+    ctx: typer.Context,
+    out: str = typer.Option(None, "--out", help="Store to write: a local path or s3:// URL (required unless "
+                            "--config gives it)."),
+    config: str = typer.Option(None, "--config", help="A harvest config (JSON or YAML, as --dry-run prints it) to "
+                               "start from; options given on the command line replace its values."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and check the config (and the model name), print "
+                                 "it as JSON and stop: no model is loaded and nothing is written."),
     layer: list[int] = typer.Option([3], "--layer", help="Block index (0-based); repeat for several layers in one pass."),
     hook: str = typer.Option("resid_post", help=f"Hook point: {', '.join(HOOKS)}."),
     model: str = typer.Option(None, help=f"Alias (pythia-70m, gemma-2-2b, ...), local directory or hub id; "
@@ -49,17 +62,19 @@ def harvest_cmd(
     Re-running the same command after an interruption resumes; the result equals an uninterrupted run.
 
     Examples:
-      osae harvest --layer 3 --out acts.zarr                       # embedded model, offline
+      osae harvest --layer 3 --out acts.zarr  # embedded model, offline
+      osae harvest --config harvest.yaml --tokens 2000000 --dry-run
       osae harvest --model pythia-70m --layer 3 --dataset monology/pile-uncopyrighted --tokens 50000000 --out pile.zarr
       accelerate launch -m osae harvest --model gemma-2-2b --layer 12 --out gemma.zarr
     """
-    cfg = HarvestConfig(
-        out=out, layers=list(layer), hook=hook, model=model, revision=revision, dtype=dtype, device=device,
-        trust_remote_code=trust_remote_code, dataset=dataset, text_column=text_column, split=split,
-        dataset_config=dataset_config, tokens=tokens, context_size=context_size, batch_size=batch_size,
-        windows=windows, include_bos=include_bos, store_dtype=store_dtype, compressor=compressor,
-        overwrite=overwrite, eval_fraction=eval_fraction,
-    )
+    base = read_mapping(config) if config else {}
+    cfg = HarvestConfig.from_dict(merge_options(base, dict(ctx.params), given_options(ctx), FIELDS), strict=True)
+    if dry_run:
+        source = resolve_model_name(cfg.model)  # an unknown alias or missing directory fails here
+        print_config(cfg.to_dict())
+        typer.echo(f"dry run, nothing written: layers {cfg.layers} ({cfg.hook}) of {source}, {cfg.tokens:,} tokens "
+                   f"into {cfg.out}", err=True)
+        return
     if num_processes > 1 and int(os.environ.get("WORLD_SIZE", 1)) == 1:
         args, skip = [], False
         for a in sys.argv[1:]:  # the same command without --num-processes, once per process

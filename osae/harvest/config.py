@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 
-from osae.config_io import known_fields
+from osae.config_io import known_fields, typed_fields
 from osae.harvest.hooks import HOOKS
 from osae.harvest.sources import STDLIB
 from osae.harvest.windows import WINDOW_MODES
@@ -87,5 +87,14 @@ class HarvestConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HarvestConfig":
-        return cls(**known_fields(cls, d, "harvest"))
+    def from_dict(cls, d: dict, *, strict: bool = False) -> HarvestConfig:
+        """From `to_dict`'s form. `strict` (a config the user gives: `--config FILE`): unknown keys are errors
+        and values must have their fields' types; otherwise unknown keys are ignored with a warning."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a harvest config must be a mapping of settings; got {type(d).__name__}")
+        d = known_fields(cls, d, "harvest", strict=strict)
+        if strict:
+            d = typed_fields(cls, d, "harvest")
+        if "out" not in d:
+            raise ValueError("a harvest config needs out, the store to write (--out)")
+        return cls(**d)

@@ -29,10 +29,15 @@ from osae.harvest.hooks import HookPoint, capture, find_blocks, run_to_hooks
 from osae.harvest.models import LoadedModel, load_model
 from osae.harvest.sources import resolve_source
 from osae.harvest.windows import SpecialTokens, iter_windows, stored_positions
-from osae.store.format import hook_spec
-from osae.store.location import parse_location
-from osae.store.reader import ActivationStore, open_group
-from osae.store.writer import StoreWriter, store_exists, write_shard
+from osae.store import (
+    ActivationStore,
+    ShardPayload,
+    ShardSink,
+    ShardWriter,
+    StoreWriter,
+    hook_spec,
+    store_exists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +68,26 @@ def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
     return x.to(getattr(torch, dtype)).cpu().numpy()
 
 
-def _open_or_create(cfg: HarvestConfig, identity: dict, hooks: dict, plan: Plan, provenance: dict) -> StoreWriter:
-    """Rank 0: a writer on a fresh store, or on the interrupted store of an identical earlier run."""
-    loc = parse_location(cfg.out)
-    if store_exists(loc) and not cfg.overwrite:
+def _open_or_create(cfg: HarvestConfig, identity: dict, hooks: dict, plan: Plan,
+                    provenance: dict) -> ShardWriter | StoreWriter:
+    """Rank 0: a writer on a fresh store, or on the interrupted store of an identical earlier run. Packed
+    windows are written shard by shard (`ShardWriter`), document windows through the buffered `StoreWriter`."""
+    writer_type = ShardWriter if cfg.windows == "packed" else StoreWriter
+    if store_exists(cfg.out) and not cfg.overwrite:
         store = ActivationStore(cfg.out, quiet=True)
-        before = store.meta.get("provenance", {}).get("harvest_identity")
+        where = store.loc.display
+        before = store.provenance.get("harvest_identity")
         if before is None:
-            raise StoreError(f"{loc.display} exists and was not written by osae harvest; pass --overwrite to replace it")
+            raise StoreError(f"{where} exists and was not written by osae harvest; pass --overwrite to replace it")
         diff = [_difference(k, before.get(k), identity[k]) for k in IDENTITY if before.get(k) != identity[k]]
         if diff:
-            raise StoreError(f"{loc.display} was harvested with other arguments ({'; '.join(diff)}); "
+            raise StoreError(f"{where} was harvested with other arguments ({'; '.join(diff)}); "
                              f"pass --overwrite to replace it or choose another --out")
         if store.complete:
             raise _AlreadyComplete(store.n_tokens)
-        log.info("resuming %s at %d committed tokens", loc.display, store.n_tokens)
-        return StoreWriter.resume(cfg.out)
-    return StoreWriter.create(
+        log.info("resuming %s at %d committed tokens", where, store.n_tokens)
+        return writer_type.resume(cfg.out)
+    return writer_type.create(
         cfg.out, hooks=hooks, has_tokens=True, context_size=cfg.context_size, provenance=provenance,
         compressor=cfg.compressor, expected_rows=plan.total_rows if cfg.windows == "packed" else cfg.tokens,
         split={"rule": "hash-chunks", "eval_fraction": cfg.eval_fraction, "seed": 0}, overwrite=cfg.overwrite,
@@ -239,15 +247,11 @@ def _window_batches(windows: Iterator[np.ndarray], wanted: Iterator[tuple[int, i
         yield None  # end of this range
 
 
-def _run_packed(cfg, lm, points, windows, plan: Plan, writer, committed: int, rank: int, world: int,
-                store_dtype: str, has_bos: bool, progress: bool) -> None:
-    loc = parse_location(cfg.out)
-    if rank == 0:
-        group, meta = writer.group, writer.meta
-    else:
-        group = open_group(loc, read_only=False)
-        meta = dict(group.attrs["osae"])
-    S, R = int(meta["shard_rows"]), plan.rows_per_window
+def _run_packed(cfg, lm, points, windows, plan: Plan, writer: ShardWriter | None, committed: int, rank: int,
+                world: int, store_dtype: str, has_bos: bool, progress: bool) -> None:
+    # Every rank writes its own shards; rank 0, which holds the writer, commits each round.
+    sink = writer.sink() if rank == 0 else ShardSink.open(cfg.out)
+    S, R = sink.shard_rows, plan.rows_per_window
     n_shards = -(-plan.total_rows // S)
     first = committed // S
     my_shards = list(range(first + rank, n_shards, world))
@@ -266,7 +270,7 @@ def _run_packed(cfg, lm, points, windows, plan: Plan, writer, committed: int, ra
             k = first + j * world + rank
             payload = None
             if k < n_shards:
-                payload = _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, group, meta)
+                payload = _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, sink)
             payloads = [p for p in gather(payload, world) if p is not None]
             if rank == 0:
                 done = min(plan.total_rows, (first + (j + 1) * world) * S)
@@ -289,7 +293,8 @@ class _closing:
         self.bar.close()
 
 
-def _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, group, meta) -> dict:
+def _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos,
+                   sink: ShardSink) -> ShardPayload:
     lo, hi = k * S, min((k + 1) * S, plan.total_rows)
     w_lo = lo // R
     acts = {p.name: [] for p in points}
@@ -316,10 +321,8 @@ def _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_d
     data["tokens"] = np.concatenate(tokens)[cut].astype(np.int32)
     data["seq_id"] = np.concatenate(seq_ids)[cut]
     data["position"] = np.concatenate(positions)[cut].astype(np.int32)
-    payload = write_shard(group, meta, k, data)
-    payload["seq_starts"] = np.asarray(starts, np.int64)
-    payload["seq_context"] = np.stack(contexts) if contexts else None
-    return payload
+    return sink.write_shard(k, data, seq_starts=np.asarray(starts, np.int64),
+                            seq_context=np.stack(contexts) if contexts else None)
 
 
 def _run_document(cfg, lm, points, windows, writer: StoreWriter, store_dtype: str, has_bos: bool, progress: bool) -> None:

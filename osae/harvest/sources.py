@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from osae.store.digest import file_sha256
+from osae.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,15 @@ def _read_hub(src: TextSource) -> Iterator[str]:
         raise ValueError("Hugging Face datasets need the `datasets` package: pip install datasets") from None
     from osae.harvest.models import go_offline, hub_offline, hub_reachable
 
-    if not hub_offline() and not hub_reachable():
+    offline = hub_offline()
+    if not offline and not hub_reachable():
         go_offline()  # cached datasets still load; others fail now instead of after retries
+        datasets.config.HF_HUB_OFFLINE = True  # read by datasets at import, before go_offline set the variable
+        offline = True
+    if offline:
+        # Only a cached copy can load; datasets would announce that on stderr, twice, around our one line.
+        datasets.utils.logging.set_verbosity_error()
+        log.info("the hub is offline: looking for '%s' in the datasets cache", src.name)
     try:
         ds = datasets.load_dataset(src.name, src.config, split=src.split, streaming=True, revision=src.revision)
     except Exception as exc:  # the hub client raises many types; all mean "cannot get this dataset"

@@ -1,4 +1,4 @@
-"""`osae store ...` and `osae toy` commands."""
+"""`osae store ...` commands: info, verify, copy, import, export."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import typer
 
 from osae.cli_common import fail, print_json, user_errors
 from osae.store import tools
-from osae.store.format import COMPRESSORS
-from osae.store.toy import ToyConfig, write_toy_store
+from osae.store.core.format import COMPRESSORS
 
 app = typer.Typer(help="Inspect, verify and copy activation stores.", no_args_is_help=True)
 
@@ -108,29 +107,6 @@ def copy_cmd(
         raise typer.Exit(1)
 
 
-@user_errors
-def toy_cmd(
-    out: Path = typer.Option(..., "--out", help="Store to write."),
-    d: int = typer.Option(80, help="Activation width."),
-    n_atoms: int = typer.Option(100, "--n-atoms", help="Ground-truth dictionary size K."),
-    m: int = typer.Option(5, help="Active atoms per sample."),
-    n: int = typer.Option(100_000, help="Training samples."),
-    n_eval: int = typer.Option(10_000, "--n-eval", help="Held-out samples (the evaluation split)."),
-    alpha: float = typer.Option(1.2, help="Zipf exponent of the atom frequencies."),
-    seed: int = typer.Option(0, help="Seed (seed: atoms, seed+1: training codes, seed+2: held-out codes)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing store."),
-) -> None:
-    """Write the OSAE paper's Gaussian toy data (methods.md section 5) as a store with its ground truth.
-
-    Examples:
-      osae toy --out toy.zarr
-      osae toy --out small.zarr --d 16 --n-atoms 32 --m 3 --n 50000
-    """
-    result = write_toy_store(out, ToyConfig(d=d, n_atoms=n_atoms, m=m, n=n, n_eval=n_eval, alpha=alpha, seed=seed),
-                             overwrite=overwrite)
-    typer.echo(f"wrote {result['rows']:,} rows to {out} (chunks of {result['chunk_rows']}, eval chunks {result['eval_chunks']})")
-
-
 @app.command("import")
 @user_errors
 def import_cmd(
@@ -155,7 +131,7 @@ def import_cmd(
       osae store import saelens_cache/ --out acts.zarr --model pythia-70m
       osae store import more.npy --out acts.zarr --hook blocks.3.hook_resid_post --append
     """
-    from osae.store.importer import import_activations
+    from osae.store.interchange.importer import import_activations
 
     if compressor not in COMPRESSORS:
         fail(f"--compressor must be one of {list(COMPRESSORS)}; got {compressor!r}")
@@ -187,7 +163,7 @@ def export_cmd(
       osae store export acts.zarr --hook 3 --out acts.npy
       osae store export acts.zarr --out first-100k.safetensors --rows 0:100000
     """
-    from osae.store.exporter import export_rows
+    from osae.store.interchange.exporter import export_rows
 
     r = export_rows(store, hook, out, rows=rows, dtype=dtype, tokens=tokens, part_rows=part_rows)
     typer.echo(f"exported {r['rows']:,} rows of {r['hook']} ({r['dtype']}) to {len(r['files'])} file(s) under {out}")

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from osae.constants import ACTS_GROUP, DEFAULT_LOADER_BUFFER_BYTES
-from osae.store.direct import DirectChunkReader, direct_layout
-from osae.store.format import storage_dtype
-from osae.store.normalize import Normalizer
-from osae.store.reader import ActivationStore, to_torch
-from osae.store.split import SplitIntervals, split_intervals
+from osae.store.core.direct import DirectChunkReader, direct_layout
+from osae.store.core.format import storage_dtype
+from osae.store.core.normalize import Normalizer
+from osae.store.core.reader import ActivationStore, to_torch
+from osae.store.core.split import SplitIntervals, split_intervals
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class ShuffledLoader:
         return buf
 
     def _direct_reader(self):
-        """A zarr-bypassing chunk reader for local uncompressed stores (osae.store.direct), or None."""
+        """A zarr-bypassing chunk reader for local uncompressed stores (osae.store.core.direct), or None."""
         path = f"{ACTS_GROUP}/{self.hook}"
         layout = direct_layout(self.store, path) if self.cfg.direct_reads else None
         return DirectChunkReader(self.store, path, layout, verify=self.cfg.verify_checksums) if layout else None

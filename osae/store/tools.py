@@ -1,4 +1,4 @@
-"""`osae store info | verify | copy`: describe, check and move stores."""
+"""`osae store info | verify | copy`: describe, check and move stores (the work behind those commands)."""
 
 from __future__ import annotations
 
@@ -7,51 +7,15 @@ import logging
 import numpy as np
 from tqdm.auto import tqdm
 
-from osae.constants import ACTS_GROUP, DIGESTS_GROUP, GROUND_TRUTH_GROUP, SEQUENCES_GROUP
-from osae.errors import StoreError
-from osae.store.digest import chunk_digest, fingerprint
-from osae.store.location import filesystem
-from osae.store.reader import ActivationStore, to_float32
-from osae.store.split import split_intervals
-from osae.store.writer import StoreWriter
+from osae.constants import ACTS_GROUP, SEQUENCES_GROUP
+from osae.store.core.buffered_writer import StoreWriter
+from osae.store.core.digest import chunk_digest
+from osae.store.core.location import filesystem
+from osae.store.core.manifest import manifest, row_array_paths, store_fingerprint
+from osae.store.core.reader import ActivationStore, to_float32
+from osae.store.core.split import split_intervals
 
 log = logging.getLogger(__name__)
-
-
-def row_array_paths(store: ActivationStore) -> list[str]:
-    paths = [f"{ACTS_GROUP}/{h}" for h in store.hooks]
-    if store.has_tokens:
-        paths += ["tokens", "seq_id", "position"]
-    return paths
-
-
-def manifest(store: ActivationStore) -> dict[str, np.ndarray] | None:
-    """Committed chunk digests of every row array, or None if the store has none.
-
-    Full chunks' digests live in digests/<path>; a partial last chunk's in the commit record.
-    """
-    out = {}
-    n_full = store.n_tokens // store.chunk_rows
-    tail = store.commit.get("tail_digests", {})
-    for p in row_array_paths(store):
-        if n_full:
-            try:
-                full = store.array(f"{DIGESTS_GROUP}/{p}")[:n_full]
-            except StoreError:
-                return None
-        else:
-            full = np.empty(0, np.uint64)
-        if n_full < store.n_chunks:
-            if p not in tail:
-                return None
-            full = np.append(full, np.uint64(int(tail[p])))
-        out[p] = full
-    return out
-
-
-def store_fingerprint(store: ActivationStore) -> str | None:
-    m = manifest(store)
-    return None if m is None else fingerprint(store.meta, m)
 
 
 def stored_bytes(store: ActivationStore, paths: list[str] | None = None) -> int | None:
@@ -66,6 +30,7 @@ def stored_bytes(store: ActivationStore, paths: list[str] | None = None) -> int 
 
 
 def info(url) -> dict:
+    """What `osae store info` shows: layout, size, split, provenance and the fingerprint."""
     store = ActivationStore(url, quiet=True)
     nbytes = 0
     for p in row_array_paths(store):
@@ -180,5 +145,3 @@ def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, pr
     report["same_content"] = source_fp is not None and source_fp == report["fingerprint"]
     return report
 
-
-__all__ = ["info", "verify", "copy", "manifest", "store_fingerprint", "GROUND_TRUTH_GROUP"]

@@ -22,7 +22,7 @@ from safetensors.torch import save_file as _save_file
 
 from osae import __version__
 from osae.errors import CheckpointError
-from osae.store.digest import file_sha256
+from osae.store import file_sha256
 from osae.train.architectures import ARCHITECTURES, SAE
 
 CHECKPOINT_FORMAT = 1
@@ -51,6 +51,14 @@ def save_file(tensors: dict, path: str) -> None:
         if "I/O error" in text:
             raise OSError(errno.EIO, f"{text} ({path})") from None
         raise
+
+
+def read_tensors(path: Path, remedy: str) -> dict[str, torch.Tensor]:
+    """safetensors' load_file, with a truncated or garbled file raised as a CheckpointError naming it."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError is not importable by a stable name across versions
+        raise CheckpointError(f"{path} is not a readable safetensors file ({str(exc)[:120]}); {remedy}") from None
 
 
 def disk_full(exc: OSError) -> bool:
@@ -100,7 +108,7 @@ def load_frozen(directory, device: str | torch.device = "cpu") -> tuple[SAE, dic
         raise CheckpointError(f"{directory} holds an unknown architecture '{arch}'")
     cfg_cls, sae_cls = ARCHITECTURES[arch]
     sae = sae_cls(cfg_cls.from_dict(config["arch_config"]))
-    sae.load_state_dict(load_file(str(w_path)))
+    sae.load_state_dict(read_tensors(w_path, "the checkpoint is torn: re-run `osae fit --resume` on its run directory"))
     return sae.to(device).eval(), config
 
 
@@ -148,4 +156,5 @@ def load_state(directory: Path, step: int) -> tuple[dict[str, torch.Tensor], dic
     gen = directory / STATE_DIR / f"g{step:012d}"
     if not (gen / "meta.json").exists():
         raise CheckpointError(f"{directory} has no training state for step {step}; it cannot be resumed")
-    return load_file(str(gen / "tensors.safetensors")), json.loads((gen / "meta.json").read_text())
+    tensors = read_tensors(gen / "tensors.safetensors", "this training state is torn and the run cannot be resumed")
+    return tensors, json.loads((gen / "meta.json").read_text())

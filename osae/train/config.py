@@ -1,44 +1,85 @@
-"""TrainConfig: one run (one pass over the store) training one or many SAEs on the same batches."""
+"""TrainConfig: one run (one pass over the store) training one or many SAEs on the same batches.
+
+Every SAE's settings are parsed into its architecture's config dataclass when the spec is made (from the
+command line, a sweep file or `--config FILE`), so a whole run is checked before anything is written; the
+store's width d_in is bound later (`SAESpec.build_config`, `TrainConfig.check_width`).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from osae.config_io import known_fields
-from osae.store.normalize import NORMALIZATIONS
-from osae.train.architectures import ARCHITECTURES
+from osae.config_io import known_fields, known_keys, read_config_file, typed_fields, typed_value
+from osae.store import NORMALIZATIONS
+from osae.train.arch_settings import parse_arch_config, setting_names
+from osae.train.architectures import ARCHITECTURES, SAEConfig
 
 log = logging.getLogger(__name__)
+
+SPEC_KEYS = ("arch", "seed", "config", "lr")
 
 
 @dataclass
 class SAESpec:
-    """One SAE of a run: its architecture, seed (initialisation) and architecture settings."""
+    """One SAE of a run: its architecture, seed (initialisation), architecture settings and learning rate.
+
+    `config` may be given partly (the architecture's defaults fill the rest): after construction it holds
+    every setting (what run.json records) and `arch_config` the same as the architecture's config
+    dataclass, with d_in unbound."""
 
     arch: str
     seed: int = 0
     config: dict = field(default_factory=dict)
+    """Architecture settings: fields of the architecture's config dataclass, without d_in."""
     lr: float | None = None
     """None: 2e-4 / sqrt(d_sae / 2^14) (dictionary_learning's rule)."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture '{self.arch}'; choose from {', '.join(ARCHITECTURES)}")
+        self.seed = typed_value(self.seed, int, "seed")
+        self.lr = typed_value(self.lr, float | None, "lr")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive; got {self.lr}")
+        config = self.config.settings() if isinstance(self.config, SAEConfig) else self.config
+        self.arch_config: SAEConfig = parse_arch_config(self.arch, config)
+        self.config = self.arch_config.settings()
+
+    @classmethod
+    def from_dict(cls, d: dict, *, strict: bool = True) -> SAESpec:
+        """A spec from its run.json entry. Not `strict` (a run read back): unknown keys and settings are
+        ignored with a warning."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an SAE entry must be a mapping with {', '.join(SPEC_KEYS)}; got {d!r}")
+        d = known_keys(d, list(SPEC_KEYS), "SAE entry", strict=strict)
+        if "arch" not in d:
+            raise ValueError(f"every SAE entry needs an 'arch'; got {d!r}")
+        config = d.get("config", {})
+        if not strict and d["arch"] in ARCHITECTURES and isinstance(config, dict):
+            config = known_keys(config, setting_names(d["arch"]), d["arch"], strict=False)
+        return cls(arch=d["arch"], seed=d.get("seed", 0), config=config, lr=d.get("lr"))
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, "seed": self.seed, "config": dict(self.config), "lr": self.lr}
 
     @property
     def name(self) -> str:
-        c = self.config
-        k = c.get("k", 32) if self.arch not in ("relu", "hybridorder") else "NA"
-        return f"{self.arch}-K{c.get('d_sae', 4096)}-k{k}-s{self.seed}"
+        """Run-directory name: <arch>-K<d_sae>-k<k>-s<seed>, kNA where the architecture ignores k."""
+        c = self.arch_config
+        return f"{self.arch}-K{c.d_sae}-k{c.k if c.uses_k else 'NA'}-s{self.seed}"
+
+    def build_config(self, d_in: int) -> SAEConfig:
+        """The architecture config for activations of width `d_in` (what the SAE module takes)."""
+        try:
+            return self.arch_config.bind(d_in)
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
 
     def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.config.get("d_sae", 4096) / 2**14)
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.arch_config.d_sae / 2**14)
 
 
 @dataclass
@@ -91,7 +132,7 @@ class TrainConfig:
     """bf16 autocast of the matmuls: auto (on GPU only), bf16 or none."""
 
     def __post_init__(self) -> None:
-        self.saes = [s if isinstance(s, SAESpec) else SAESpec(**s) for s in self.saes]
+        self.saes = [s if isinstance(s, SAESpec) else SAESpec.from_dict(s) for s in self.saes]
         if not self.saes:
             raise ValueError("a run needs at least one SAE")
         names = [s.name for s in self.saes]
@@ -121,33 +162,58 @@ class TrainConfig:
         return self.tokens // self.batch_size
 
     def to_dict(self) -> dict:
+        """The resolved config, as run.json holds it (and `osae fit --config` reads it)."""
         d = asdict(self)
         d["adam_betas"] = list(self.adam_betas)
+        d["saes"] = [s.to_dict() for s in self.saes]
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**known_fields(cls, d, "training"))
+    def from_dict(cls, d: dict, *, strict: bool = False) -> TrainConfig:
+        """From `to_dict`'s form. `strict` (a config the user gives: `--config FILE`): unknown keys and
+        settings are errors and values must have their fields' types; otherwise (run.json read back on
+        --resume, written by this or an older osae) unknown keys are ignored with a warning."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a run config must be a mapping of settings; got {type(d).__name__}")
+        d = known_fields(cls, d, "run", strict=strict)
+        saes = d.get("saes", [])
+        if not isinstance(saes, list):
+            raise ValueError(f"saes must be a list of SAE entries; got {saes!r}")
+        d["saes"] = [s if isinstance(s, SAESpec) else SAESpec.from_dict(s, strict=strict) for s in saes]
+        if strict:
+            d = typed_fields(cls, {k: v for k, v in d.items() if k != "saes"}, "run") | {"saes": d["saes"]}
+        missing = [k for k in ("store", "out") if k not in d]
+        if missing:
+            raise ValueError(f"a run config needs {' and '.join(missing)}")
+        return cls(**d)
+
+    def check_width(self, d_in: int) -> None:
+        """Raise (naming the SAE) if any SAE's config is invalid for activations of width `d_in`."""
+        for spec in self.saes:
+            spec.build_config(d_in)
 
 
 def load_sweep(path: str | Path) -> list[SAESpec]:
-    """A sweep file: a JSON list of {"arch", "seeds" or "seed", "lr", and architecture settings}."""
-    try:
-        entries = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no sweep file at {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"sweep file {path} is not valid JSON ({exc})") from None
+    """A sweep file (JSON, or YAML by its extension): a list of {"arch", "seeds" or "seed", "lr", and the
+    architecture's settings}. Every entry is parsed and checked; errors name the file and the entry."""
+    entries = read_config_file(path, "sweep")
     if not isinstance(entries, list):
         raise ValueError(f"sweep file {path} must hold a JSON list of SAE entries")
     specs = []
-    for e in entries:
+    for i, e in enumerate(entries, 1):
+        if not isinstance(e, dict):
+            raise ValueError(f"sweep file {path}: entry {i} must be a mapping; got {e!r}")
         e = dict(e)
         arch = e.pop("arch", None)
         if arch is None:
-            raise ValueError(f"every sweep entry needs an 'arch' ({path})")
-        seeds = e.pop("seeds", [e.pop("seed", 0)])
+            raise ValueError(f"every sweep entry needs an 'arch' ({path}: entry {i} has none)")
+        if "seed" in e and "seeds" in e:
+            raise ValueError(f"sweep file {path}: entry {i} gives both 'seed' and 'seeds'; give one")
+        seeds = e.pop("seeds") if "seeds" in e else [e.pop("seed", 0)]
         lr = e.pop("lr", None)
-        for seed in seeds:
-            specs.append(SAESpec(arch=arch, seed=int(seed), config=dict(e), lr=lr))
+        try:
+            seeds = typed_value(seeds, list[int], "seeds")
+            specs += [SAESpec(arch=arch, seed=seed, config=dict(e), lr=lr) for seed in seeds]
+        except ValueError as exc:
+            raise ValueError(f"sweep file {path}: entry {i}: {exc}") from None
     return specs

@@ -4,6 +4,7 @@ The activation scale is folded in (methods.md 1.2), so the exported SAE reads ra
 (`normalize_activations: "none"`). Per-token TopK codes (topk, osae, token-selection Matryoshka) export as
 SAELens' `topk`; BatchTopK-style codes, evaluated with one global threshold, as `jumprelu` with that
 threshold for every latent (z = pre * 1[pre > theta] is exactly a JumpReLU); ReLU codes as `standard`.
+Which one is the config class's `saelens_architecture()` (osae.train.architectures), not a name test here.
 """
 
 from __future__ import annotations
@@ -29,16 +30,10 @@ def export_saelens(checkpoint, out) -> dict:
     scale = float(norm.get("scale", 1.0)) if norm.get("kind") == "scalar" else 1.0
     sae.fold_scale_(scale)
     arch = config["architecture"]
-    selection = config["arch_config"].get("selection", "batch")
-    if arch in ("topk", "osae") or (arch.startswith("matryoshka") and selection == "token"):
-        kind, extra = "topk", {"k": int(sae.cfg.k)}
-    elif arch in ("batchtopk", "matryoshka", "matryoshka-random"):
-        theta = float(sae.threshold)
-        if theta <= 0:
-            raise ValueError(f"{checkpoint} has no inference threshold yet (trained fewer steps than threshold_start)")
-        kind, extra = "jumprelu", {}
-    else:
-        kind, extra = "standard", {}
+    kind = sae.cfg.saelens_architecture()  # each config class says which SAELens code equals its inference code
+    extra = {"k": int(sae.cfg.k)} if kind == "topk" else {}
+    if kind == "jumprelu" and float(sae.threshold) <= 0:
+        raise ValueError(f"{checkpoint} has no inference threshold yet (trained fewer steps than threshold_start)")
     weights = {
         "W_enc": sae.W_enc.detach().T.contiguous().float(),  # SAELens stores (d_in, d_sae)
         "W_dec": sae.W_dec.detach().contiguous().float(),

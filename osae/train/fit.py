@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from osae.distributed import barrier, init_distributed
-from osae.errors import CheckpointError
-from osae.store.loader import LoaderConfig, ShuffledLoader, iter_split_rows
-from osae.store.normalize import Normalizer
-from osae.store.reader import ActivationStore, to_float32
-from osae.store.tools import store_fingerprint
+from osae.distributed import Collective, barrier, init_distributed
+from osae.errors import OsaeError, UsageError
+from osae.store import ActivationStore, LoaderConfig, Normalizer, ShuffledLoader, load_rows, store_fingerprint
 from osae.train.config import TrainConfig
-from osae.train.trainer import RUN_CONFIG, RUN_STATE, Trainer
+from osae.train.run_dir import config_differences, plan_run, saved_config, start_fresh
+from osae.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -31,53 +27,69 @@ def _device(name: str, rank: int) -> torch.device:
 
 
 def _init_rows(store: ActivationStore, hook: str, normalizer: Normalizer, n: int = 4096) -> torch.Tensor:
-    rows = [r for _, r in iter_split_rows(store, hook, "train", max_rows=n)]
-    x = torch.from_numpy(to_float32(np.concatenate(rows), store.dtype(hook)))
+    """The first n training rows in training units, for the data-dependent initialisation."""
+    x = load_rows(store, hook, "train", max_tokens=n)
+    if not len(x):
+        raise ValueError(f"{store.loc.display} has no training rows for hook '{hook}'; fit needs some")
     return normalizer.forward(x)
 
 
-def config_differences(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
-def fit(cfg: TrainConfig | None = None, *, resume: str | None = None, progress: bool = True) -> dict:
-    """Train the run `cfg` from scratch, or continue the run directory `resume` (cfg, if given, must match)."""
-    rank, world = init_distributed()
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / RUN_CONFIG).exists():
-            raise CheckpointError(f"{run_dir} is not an osae run directory (no {RUN_CONFIG})")
-        saved = json.loads((run_dir / RUN_CONFIG).read_text())
-        if cfg is not None:
-            diff = config_differences(saved, {**cfg.to_dict(), "out": saved["out"]})
-            if diff:
-                raise ValueError(f"--resume with changed arguments ({'; '.join(diff)}); resume without them or start a new run")
-        cfg = TrainConfig.from_dict(saved)
-        if not (run_dir / RUN_STATE).exists():
-            raise CheckpointError(f"{run_dir} has no checkpoint yet; start it again without --resume")
-        if json.loads((run_dir / RUN_STATE).read_text()).get("finished"):
-            log.info("%s has already finished", run_dir)
-            return {"out": str(run_dir), "already_finished": True}
-    assert cfg is not None
+def _open_and_check(cfg: TrainConfig, world: int) -> tuple[ActivationStore, str, int]:
+    """Everything that can be checked before a file is written: the store, the hook, the batch split over
+    processes and every SAE's configuration at the store's width."""
     if cfg.batch_size % world:
-        raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
+        raise UsageError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
     store = ActivationStore(cfg.store)
     hook = store.resolve_hook(cfg.hook)
     d_in = store.d_model(hook)
     for spec in cfg.saes:
-        if spec.config.get("k", 1) > spec.config.get("d_sae", 4096):
-            raise ValueError(f"{spec.name}: k={spec.config.get('k')} is larger than the dictionary size {spec.config.get('d_sae')}")
+        try:
+            spec.build_config(d_in)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{spec.name}: {str(exc).splitlines()[0]}") from None
+    return store, hook, d_in
+
+
+def _resolved(saved: dict) -> dict:
+    """A saved run configuration in today's resolved form (as it would be written now), for comparisons."""
+    try:
+        return TrainConfig.from_dict(saved).to_dict()
+    except (OsaeError, ValueError, TypeError):  # unreadable by this version: compared as it is, so it differs
+        return saved
+
+
+def _old_sae_names(out: Path) -> list[str]:
+    """Names of the SAEs an earlier run in `out` had (to remove them on --overwrite or a restart)."""
+    try:
+        return [spec.name for spec in TrainConfig.from_dict(saved_config(out)).saes]
+    except (OsaeError, ValueError, TypeError):  # not a run, or one this version cannot parse: remove only ours
+        return []
+
+
+def fit(cfg: TrainConfig | None = None, *, resume: str | None = None, overwrite: bool = False,
+        progress: bool = True) -> dict:
+    """Train the run `cfg`, or continue it: the same configuration on the same --out resumes from the last
+    checkpoint (osae.train.run_dir). `resume` names a run directory to continue with its saved configuration."""
+    rank, world = init_distributed()
+    if resume is not None:
+        saved = saved_config(Path(resume))
+        if cfg is not None:
+            diff = config_differences({**_resolved(saved), "out": None}, {**cfg.to_dict(), "out": None})
+            if diff:
+                raise UsageError(f"--resume with changed arguments ({'; '.join(diff)}); resume without them or start "
+                                 f"a new run")
+        cfg = TrainConfig.from_dict({**saved, "out": str(resume)})  # a moved or copied run resumes where it is
+    assert cfg is not None
+    store, hook, d_in = _open_and_check(cfg, world)
     out = Path(cfg.out)
-    if resume is None:
-        exists = (out / RUN_CONFIG).exists()
-        barrier(world)  # every process looks before process 0 writes
-        if exists:
-            raise ValueError(f"{out} already holds a run; resume it with `osae fit --resume {out}` or choose another --out")
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
-        barrier(world)
+    plan = plan_run(out, cfg.to_dict(), overwrite=overwrite, resolve=_resolved)
+    barrier(world)  # every process has looked before process 0 changes anything
+    log.info("%s", plan.note)
+    if plan.action == "finished":
+        return {"out": str(out), "already_finished": True}
+    if plan.action == "fresh" and rank == 0:
+        start_fresh(out, cfg.to_dict(), sorted({*_old_sae_names(out), *(s.name for s in cfg.saes)}))
+    barrier(world)
     normalizer = Normalizer.from_store(store, hook, cfg.normalization)
     stats = store.stats(hook)
     if cfg.normalization == "standardize":
@@ -91,10 +103,8 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | None = None, progress: 
     meta = {"store": store.loc.display, "store_fingerprint": store_fingerprint(store), "hook": hook,
             "hook_info": store.hooks[hook], "run": str(out)}
     trainer = Trainer(cfg, loader, d_in=d_in, normalizer=normalizer, meta=meta,
-                      init_rows=_init_rows(store, hook, normalizer), device=_device(cfg.device, rank), rank=rank,
-                      world=world, loader=loader, progress=progress, total_variance=total_var)
-    if resume is not None:
-        state = trainer.restore()
-        if state.get("loader"):
-            loader.load_state(state["loader"])
+                      init_rows=_init_rows(store, hook, normalizer), device=_device(cfg.device, rank),
+                      collective=Collective(rank, world), progress=progress, total_variance=total_var)
+    if plan.action == "resume":
+        trainer.restore()
     return {"out": str(out), **trainer.run()}

@@ -1,10 +1,17 @@
 """Train one or many SAEs on the same stream of batches, checkpoint them, resume them exactly.
 
 The trainer reads batches from an iterator (the store's shuffled loader) and never imports transformers.
-Per optimizer update and SAE (methods.md 1.5): backward, remove the radial decoder gradient, freeze swept
-units, clip, Adam, restore frozen units, renormalise atoms, and for HybridOrder reorder latents together
-with the optimizer state. Under several processes each takes a slice of every batch and gradients are
-averaged with all-reduce (equal slices, so this equals one process on the whole batch up to rounding).
+The trainer/architecture contract (osae.train.architectures.base):
+- `sae.forward(x, StepContext)` computes one micro-batch's losses and changes no state. What must see the
+  whole batch (BatchTopK's selection, AuxK's normaliser, HybridOrder's input norm) uses the context's
+  collective; running statistics come back as `ForwardOutput.stats`.
+- The trainer reduces those statistics over processes and calls `sae.update_statistics(stats, step)`, so
+  every process holds the same thresholds, averages and counters.
+- Per optimizer update (methods.md 1.5): average gradients over processes, remove the radial decoder
+  gradient, leave `sae.frozen_units(step)` leading units alone (unit sweeping), clip, Adam, renormalise
+  atoms, then apply `sae.permutation_due(step)` (HybridOrder) together with the optimizer state.
+Under several processes each holds an equal slice of every batch, so a run equals the one-process run up
+to float rounding, for every architecture.
 """
 
 from __future__ import annotations
@@ -21,17 +28,30 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from osae.errors import CheckpointError
-from osae.store.normalize import Normalizer
+from osae import faults
+from osae.distributed import SINGLE, Collective, barrier
+from osae.errors import CheckpointError, RunInterrupted, UsageError
+from osae.store import Normalizer
 from osae.train.architectures import ARCHITECTURES, SAE
-from osae.train.architectures.base import SparseCode
-from osae.train.checkpoint import (disk_full, load_optimizer, load_state, optimizer_tensors, prune_states,
-                                   save_frozen, save_state)
+from osae.train.architectures.base import StepContext
+from osae.train.batches import ResumableBatches
+from osae.train.checkpoint import (
+    disk_full,
+    load_optimizer,
+    load_state,
+    optimizer_tensors,
+    prune_states,
+    save_frozen,
+    save_state,
+)
 from osae.train.config import SAESpec, TrainConfig
+from osae.train.run_dir import RUN_STATE
+from osae.train.stop import StopRequest
 
 log = logging.getLogger(__name__)
-RUN_STATE = "run_state.json"
-RUN_CONFIG = "run.json"
+# Checkpoints by time as well as by steps, so a kill never costs much work whatever --checkpoint-every says:
+FIRST_CHECKPOINT_S = 120.0  # the first one after about two minutes of training,
+CHECKPOINT_INTERVAL_S = 600.0  # then at least every ten minutes.
 
 
 @dataclass
@@ -72,17 +92,25 @@ def geometric_median(x: torch.Tensor, iters: int = 100) -> torch.Tensor:
 
 
 class Trainer:
-    """`Trainer(cfg, batches, ...).run()`; the CLI builds it from a store (osae.train.fit)."""
+    """`Trainer(cfg, batches, d_in=..., normalizer=..., meta=...).run()`; osae.train.fit builds it from a store.
 
-    def __init__(self, cfg: TrainConfig, batches, *, d_in: int, normalizer: Normalizer, meta: dict,
+    `batches` is a ResumableBatches (the store's ShuffledLoader, or TensorBatches in memory); its state goes
+    into every checkpoint. `collective` joins the processes that each hold a slice of every batch."""
+
+    def __init__(self, cfg: TrainConfig, batches: ResumableBatches, *, d_in: int, normalizer: Normalizer, meta: dict,
                  init_rows: torch.Tensor | None = None, device: torch.device | None = None,
-                 rank: int = 0, world: int = 1, loader=None, progress: bool = True, total_variance: float | None = None):
+                 collective: Collective = SINGLE, progress: bool = True, total_variance: float | None = None,
+                 first_checkpoint_s: float = FIRST_CHECKPOINT_S, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S):
+        if not isinstance(batches, ResumableBatches):
+            raise TypeError(f"batches must be resumable (iterate, state, load_state); got {type(batches).__name__}")
         self.cfg, self.batches, self.meta = cfg, batches, meta
         self.d_in, self.normalizer = d_in, normalizer
         self.device = device or torch.device("cpu")
-        self.rank, self.world = rank, world
-        self.loader = loader
+        self.collective = collective
+        self.rank, self.world = collective.rank, collective.world
         self.progress = progress
+        self.first_checkpoint_s, self.checkpoint_interval_s = first_checkpoint_s, checkpoint_interval_s
+        self.checkpointed = False  # has this run a checkpoint yet (set by restore and checkpoint)
         # E||x - mean||^2 per token in training units, for the logged FVU.
         self.total_variance = total_variance or float(d_in)
         self.out = Path(cfg.out)
@@ -93,9 +121,9 @@ class Trainer:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
     def _member(self, spec: SAESpec, init_rows) -> Member:
-        cfg_cls, sae_cls = ARCHITECTURES[spec.arch]
+        _, sae_cls = ARCHITECTURES[spec.arch]
         torch.manual_seed(spec.seed)
-        sae = sae_cls(cfg_cls(d_in=self.d_in, **spec.config))
+        sae = sae_cls(spec.build_config(self.d_in))
         sae.seed = spec.seed
         if init_rows is not None and self.cfg.b_dec_init != "zero":
             with torch.no_grad():
@@ -123,12 +151,13 @@ class Trainer:
                            "since_fired": m.since_fired.cpu(), "generator": m.generator.get_state()}
                 save_state(m.directory, self.step, tensors, {"optimizer": opt_meta, "step": self.step})
             state = {"step": self.step, "skipped_batches": self.skipped, "finished": final,
-                     "loader": self.loader.state() if self.loader is not None else None}
+                     "loader": self.batches.state()}
             tmp = self.out / (RUN_STATE + ".tmp")
             tmp.write_text(json.dumps(state, indent=1))
             os.replace(tmp, self.out / RUN_STATE)
             for m in self.members:
                 prune_states(m.directory, self.step)
+            faults.reached("fit-checkpoint")
         except OSError as exc:
             if disk_full(exc):
                 raise CheckpointError(f"disk full while checkpointing step {self.step} in {self.out}; the previous "
@@ -136,15 +165,18 @@ class Trainer:
             raise
 
     def restore(self) -> dict:
-        """Load every SAE's state at the run's last checkpoint; returns the run state (with the loader's)."""
+        """Load every SAE's state and the batches' position at the run's last checkpoint; returns the run state."""
         state = json.loads((self.out / RUN_STATE).read_text())
         self.step, self.skipped = int(state["step"]), int(state.get("skipped_batches", 0))
+        self.checkpointed = True
         for m in self.members:
             tensors, meta = load_state(m.directory, self.step)
             m.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
             load_optimizer(m.opt, m.names, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, meta["optimizer"])
             m.since_fired.copy_(tensors["since_fired"].to(self.device))
             m.generator.set_state(tensors["generator"])
+        if state.get("loader"):
+            self.batches.load_state(state["loader"])
         self._truncate_metrics()
         return state
 
@@ -163,62 +195,78 @@ class Trainer:
         bar = tqdm(total=total * cfg.batch_size, initial=self.step * cfg.batch_size, unit="tok", unit_scale=True,
                    desc="fit", disable=None if self.progress and self.rank == 0 else True, smoothing=0.05)
         t_last, tokens_last = time.perf_counter(), self.step * cfg.batch_size
+        self._last_checkpoint_time = time.perf_counter()
         it = iter(self.batches)
-        try:
+        with bar, StopRequest() as stop:
             while self.step < total:
                 x = next(it).to(self.device, non_blocking=True)
-                if not bool(torch.isfinite(x).all()):
-                    if cfg.nonfinite == "stop":
-                        raise ValueError(f"batch {self.step} holds NaN or Inf activations; run `osae store verify`, or "
-                                         f"pass --nonfinite skip")
-                    self.skipped += 1
-                    log.warning("skipping batch %d: NaN or Inf activations (%d skipped so far)", self.step, self.skipped)
-                    if self.world > 1:
-                        raise ValueError("a batch holds NaN or Inf activations; several processes cannot skip it consistently")
+                if not self._finite(x):
                     continue
                 for m in self.members:
                     self._train_step(m, x)
                 self.step += 1
+                faults.reached("fit-step")
                 bar.update(cfg.batch_size)
                 if self.step % cfg.log_every == 0 or self.step == total:
                     now = time.perf_counter()
                     rate = (self.step * cfg.batch_size - tokens_last) / max(now - t_last, 1e-9)
                     t_last, tokens_last = now, self.step * cfg.batch_size
                     self._log_metrics(rate)
-                if self.step % cfg.checkpoint_every == 0 and self.step < total:
-                    self.checkpoint()
-        finally:
-            bar.close()
+                if self.step % cfg.accum_steps == 0 and self.step < total:  # only between optimizer updates
+                    self._checkpoint_if_due(stop)
         self.checkpoint(final=True)
         return {"steps": self.step, "tokens": self.step * cfg.batch_size, "skipped_batches": self.skipped,
                 "saes": [str(m.directory) for m in self.members]}
 
+    def _finite(self, x: torch.Tensor) -> bool:
+        """False for a batch to skip (--nonfinite skip); raises for --nonfinite stop."""
+        if bool(torch.isfinite(x).all()):
+            return True
+        if self.cfg.nonfinite == "stop":
+            raise UsageError(f"batch {self.step} holds NaN or Inf activations; run `osae store verify`, or pass "
+                             f"--nonfinite skip")
+        if self.world > 1:
+            raise UsageError("a batch holds NaN or Inf activations; several processes cannot skip it consistently: "
+                             "run `osae store verify` and train on a clean store")
+        self.skipped += 1
+        log.warning("skipping batch %d: NaN or Inf activations (%d skipped so far)", self.step, self.skipped)
+        return False
+
+    def _checkpoint_if_due(self, stop: StopRequest) -> None:
+        """Checkpoint every checkpoint_every steps, by time, and on a signal (then stop). Every process takes the
+        same decision: the signal and the clock are reduced over processes."""
+        now = time.perf_counter()
+        limit = self.checkpoint_interval_s if self.checkpointed else self.first_checkpoint_s
+        flags = torch.tensor([stop.signum, int(now - self._last_checkpoint_time >= limit)])
+        signum, late = (int(v) for v in self.collective.max(flags))
+        if signum or late or self.step % self.cfg.checkpoint_every == 0:
+            self.checkpoint()
+            self.checkpointed, self._last_checkpoint_time = True, time.perf_counter()
+        if signum:
+            barrier(self.world)  # no process leaves before process 0 has written the checkpoint
+            raise RunInterrupted(f"interrupted at step {self.step} of {self.cfg.n_steps}: checkpoint written in "
+                                 f"{self.out}; run the same command again to resume", signum)
+
     def _train_step(self, m: Member, x: torch.Tensor) -> None:
         cfg, sae, step = self.cfg, m.sae, self.step
-        if hasattr(sae, "n_frozen"):
-            sae.n_frozen.fill_(sae.frozen_at(step))
         dead = m.since_fired >= cfg.dead_window_tokens
+        ctx = StepContext(step=step, dead_F=dead, generator=m.generator, collective=self.collective)
         with self.autocast():
-            out = sae(x, dead_F=dead, step=step, generator=m.generator)
+            out = sae(x, ctx)
         loss = out.loss
         if not torch.isfinite(loss):
             raise ValueError(f"{m.spec.name}: the loss became {float(loss)} at step {step}; lower the learning rate "
                              f"(the last checkpoint is intact)")
         (loss / cfg.accum_steps).backward()
-        fired = (out.code.fired(sae.cfg.d_sae) if isinstance(out.code, SparseCode) else (out.code > 0).any(0))
-        if self.world > 1:
-            import torch.distributed as dist
-
-            fired = fired.to(torch.int32)
-            dist.all_reduce(fired, op=dist.ReduceOp.MAX)
-            fired = fired.bool()
-        m.since_fired += x.shape[0] * self.world
-        m.since_fired[fired] = 0
         with torch.no_grad():
+            sae.update_statistics({k: self.collective.reduce(v, op) for k, (op, v) in out.stats.items()}, step)
+            code, F = out.code, sae.cfg.d_sae
+            fired = self.collective.max(code.fired(F))
+            m.since_fired += x.shape[0] * self.world
+            m.since_fired[fired] = 0
             sse = ((out.recon.float() - x) ** 2).sum()
-            l0 = out.code.l0().float().sum() if isinstance(out.code, SparseCode) else (out.code > 0).sum().float()
-            fires = (torch.bincount(out.code.idx[out.code.vals > 0], minlength=sae.cfg.d_sae)
-                     if isinstance(out.code, SparseCode) else (out.code > 0).sum(0))
+            l0 = code.l0().float().sum()
+            fires = code.fire_counts(F)
         m.acc["fires"] = fires if m.acc["fires"] is None else m.acc["fires"] + fires
         m.acc["loss"] += float(loss.detach()) * len(x)
         m.acc["sse"] += float(sse)
@@ -230,15 +278,9 @@ class Trainer:
 
     def _update(self, m: Member, step: int) -> None:
         cfg, sae = self.cfg, m.sae
-        if self.world > 1:
-            import torch.distributed as dist
-
-            for p in sae.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
+        self.collective.mean_grads_(sae.parameters())
         sae.remove_parallel_grad_()
-        f = int(getattr(sae, "n_frozen", 0))
+        f = sae.frozen_units(step)
         if f:
             frozen = {n: p.detach()[:f].clone() for n, p in (("W_enc", sae.W_enc), ("b_enc", sae.b_enc), ("W_dec", sae.W_dec))}
             for p in (sae.W_enc, sae.b_enc, sae.W_dec):
@@ -261,8 +303,17 @@ class Trainer:
                     for key in ("exp_avg", "exp_avg_sq"):
                         if key in st:
                             st[key][:f] = 0
-        if hasattr(sae, "reorder_due") and sae.reorder_due(step):
-            self.reorder(m, sae.order())
+        perm = sae.permutation_due(range(step + 1 - cfg.accum_steps, step + 1))
+        if perm is not None:
+            self.reorder(m, perm)
+
+    def _whole_batch_sums(self, acc: dict) -> dict:
+        """The metric sums of every process's slices (each process holds only its own)."""
+        if self.world == 1 or acc["fires"] is None:
+            return acc
+        scalars = self.collective.sum(torch.tensor([acc["loss"], acc["sse"], acc["l0"], acc["n"]], dtype=torch.float64))
+        loss, sse, l0, n = scalars.tolist()
+        return {"loss": loss, "sse": sse, "l0": l0, "n": int(n), "fires": self.collective.sum(acc["fires"])}
 
     @torch.no_grad()
     def reorder(self, m: Member, perm: torch.Tensor) -> None:
@@ -276,11 +327,10 @@ class Trainer:
         m.since_fired.copy_(m.since_fired[perm])
 
     def _log_metrics(self, rate: float) -> None:
-        if self.rank != 0:
-            return
         for m in self.members:
-            a = m.acc
-            if not a["n"]:
+            a = self._whole_batch_sums(m.acc)
+            if not a["n"] or self.rank != 0:
+                m.acc = {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None}
                 continue
             line = {"step": self.step, "tokens": self.step * self.cfg.batch_size, "loss": a["loss"] / a["n"],
                     "sse_per_token": a["sse"] / a["n"], "fvu": a["sse"] / a["n"] / self.total_variance,

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from osae.store import StoreWriter, hook_spec
-from osae.store.toy import ToyConfig, write_toy_store
+from osae.synthetic import ToyConfig, write_toy_store
 from osae.train.config import SAESpec, TrainConfig
 from osae.train.fit import fit
 

@@ -11,8 +11,7 @@ import pytest
 
 from osae.harvest import HarvestConfig, harvest
 from osae.harvest.models import EMBEDDED_DIR
-from osae.store import ActivationStore
-from osae.store.loader import iter_split_rows
+from osae.store import ActivationStore, iter_split_rows
 from osae.train.checkpoint import save_frozen
 
 from .helpers import identity_sae
@@ -86,7 +85,7 @@ def test_the_page_renders_in_headless_chromium_with_its_filter(page, tmp_path):
 
 
 def test_inspect_refuses_a_store_without_tokens(tmp_path):
-    from osae.store.toy import ToyConfig, write_toy_store
+    from osae.synthetic import ToyConfig, write_toy_store
 
     write_toy_store(tmp_path / "toy.zarr", ToyConfig(d=16, n_atoms=32, m=3, n=2000, n_eval=500))
     save_frozen(identity_sae(16), tmp_path / "ident", {"hook": "toy", "normalization": {"kind": "none"}})

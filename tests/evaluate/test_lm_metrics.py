@@ -4,8 +4,7 @@ import torch
 from osae.evaluate.lm_metrics import lm_metrics
 from osae.harvest import HarvestConfig, harvest
 from osae.harvest.models import EMBEDDED_DIR, load_model
-from osae.store import ActivationStore
-from osae.store.normalize import Normalizer
+from osae.store import ActivationStore, Normalizer
 
 from .helpers import identity_sae
 

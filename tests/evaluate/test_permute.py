@@ -3,7 +3,7 @@ import torch
 
 from osae.evaluate.permute import permute_checkpoint
 from osae.store import ActivationStore
-from osae.store.toy import ToyConfig, write_toy_store
+from osae.synthetic import ToyConfig, write_toy_store
 from osae.train.checkpoint import load_frozen
 from osae.train.config import SAESpec, TrainConfig
 from osae.train.fit import fit

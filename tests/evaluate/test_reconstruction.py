@@ -3,9 +3,8 @@ import pytest
 import torch
 
 from osae.evaluate.reconstruction import power_law, reconstruction_metrics
-from osae.store import ActivationStore
-from osae.store.normalize import Normalizer
-from osae.store.toy import ToyConfig, write_toy_store
+from osae.store import ActivationStore, Normalizer
+from osae.synthetic import ToyConfig, write_toy_store
 from osae.train.architectures import build
 
 from .helpers import identity_sae
@@ -63,3 +62,20 @@ def test_rsa_is_one_for_a_perfect_reconstruction_and_lower_otherwise(toy):
     with torch.no_grad():
         sae.W_dec[16:] = 0  # keep only the positive parts
     assert rsa(sae, Normalizer("none"), toy, "toy", n=100, repeats=3)["rsa"] < 0.99
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu", "batchtopk"])
+def test_sparsity_statistics_match_the_dense_code_for_every_kind_of_code(toy, arch):
+    torch.manual_seed(1)
+    sae = build(arch, d_in=16, d_sae=32, k=3).eval()
+    if arch == "batchtopk":
+        sae.threshold.fill_(0.2)  # the inference rule: a per-token threshold (flat codes, varying counts)
+    m = reconstruction_metrics(sae, Normalizer("none"), toy, "toy", batch=256, granularities=[32])
+    x = torch.from_numpy(toy.read_acts("toy", 4000, 5000)).float()
+    with torch.no_grad():
+        z = sae.encode(x).dense(32).double()
+    assert m["l0"] == pytest.approx(float((z > 0).sum(1).double().mean()), rel=1e-9)
+    assert m["l1"] == pytest.approx(float(z.abs().sum(1).mean()), rel=1e-5)
+    np.testing.assert_allclose(m["freq"], (z > 0).double().mean(0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(m["ea2"], (z ** 2).mean(0).numpy(), rtol=1e-5)
+    assert m["dead_fraction"] == pytest.approx(float(((z > 0).sum(0) == 0).double().mean()))

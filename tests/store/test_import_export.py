@@ -6,16 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from osae.errors import OsaeError
-from osae.store import ActivationStore
-from osae.store.importer import import_activations
+from osae.store import ActivationStore, import_activations
 
 
 def _osae(*args, timeout=300):
@@ -23,19 +20,13 @@ def _osae(*args, timeout=300):
 
 
 def _kill_after_first_commit(src, out):
-    """Start an import and SIGKILL it as soon as it has committed some rows."""
-    proc = subprocess.Popen([sys.executable, "-m", "osae", "store", "import", str(src), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if ActivationStore(out).n_tokens > 0:
-                break
-        except OsaeError:  # not created yet, or its first commit not written
-            pass
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    """Run an import that SIGKILLs itself right after its first commit (OSAE_KILL_AT, osae.faults)."""
+    proc = subprocess.run([sys.executable, "-m", "osae", "store", "import", str(src), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OSAE_KILL_AT": "store-commit:1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    store = ActivationStore(out)
+    assert store.n_tokens == store.shard_rows and not store.complete  # exactly the first shard is committed
 
 
 def _all_rows(store_path, hook):
@@ -120,7 +111,7 @@ def test_a_saelens_cache_written_with_datasets_imports_with_its_tokens(tmp_path)
     assert np.array_equal(store.array("sequences/context")[:], toks)
     assert store.meta["provenance"]["model"]["name"] == "pythia-70m"
     # The held-out split drops no sequence in the middle: every eval interval holds whole sequences.
-    from osae.store.split import split_intervals
+    from osae.store import split_intervals
 
     iv = split_intervals(store, "eval")
     assert all(lo % ctx == 0 and hi % ctx == 0 for lo, hi in zip(iv.lo, iv.hi))

@@ -2,11 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from osae.store import ActivationStore
-from osae.store.loader import LoaderConfig, ShuffledLoader, iter_split_rows
-from osae.store.normalize import Normalizer
-from osae.store.reader import to_float32
-from osae.store.split import eval_chunk_mask, split_intervals
+from osae.store import (
+    ActivationStore,
+    LoaderConfig,
+    Normalizer,
+    ShuffledLoader,
+    iter_split_rows,
+    split_intervals,
+    to_float32,
+)
+from osae.store.core.split import eval_chunk_mask
 
 from .helpers import HOOK, make_store
 
@@ -162,7 +167,7 @@ def test_a_split_smaller_than_a_batch_is_a_clear_error(store):
 
 
 def test_direct_chunk_reads_equal_zarr_reads(tmp_path):
-    from osae.store.direct import DirectChunkReader, direct_layout
+    from osae.store.core.direct import DirectChunkReader, direct_layout
 
     data = make_store(tmp_path / "s.zarr", n_seqs=130, ctx=25, d=16, dtype="bfloat16", chunk_rows=256)
     s = ActivationStore(tmp_path / "s.zarr")

@@ -20,9 +20,15 @@ import numpy as np
 import pytest
 
 from osae.errors import StoreError, StoreFormatError, StoreLockedError
-from osae.store import ActivationStore, StoreWriter, hook_spec, tools
-from osae.store.loader import LoaderConfig, ShuffledLoader
-from osae.store.split import split_intervals
+from osae.store import (
+    ActivationStore,
+    LoaderConfig,
+    ShuffledLoader,
+    StoreWriter,
+    hook_spec,
+    split_intervals,
+    tools,
+)
 
 from .helpers import HOOK, make_store
 

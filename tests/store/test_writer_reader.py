@@ -8,10 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from osae.errors import StoreError, StoreFormatError, StoreLockedError, StoreMismatchError
-from osae.store import ActivationStore, StoreWriter, hook_spec
-from osae.store import tools
-from osae.store.reader import to_float32
+from osae.errors import (
+    StoreError,
+    StoreFormatError,
+    StoreLockedError,
+    StoreMismatchError,
+)
+from osae.store import ActivationStore, StoreWriter, hook_spec, to_float32, tools
 
 from .helpers import HOOK, make_store, random_rows, write_sequences
 
@@ -37,7 +40,8 @@ def test_round_trip_rows_tokens_and_sequences(tmp_path, dtype):
 
 def test_bfloat16_is_stored_losslessly(tmp_path):
     import torch
-    from osae.store.reader import to_torch
+
+    from osae.store import to_torch
 
     make_store(tmp_path / "b.zarr", dtype="bfloat16", n_seqs=20)
     store = ActivationStore(tmp_path / "b.zarr")
@@ -182,25 +186,25 @@ print("done", flush=True)
 """
 
 
-def _spawn_writer(tmp_path, path, n_shards, pause):
+def _spawn_writer(tmp_path, path, n_shards, pause, kill_at=None):
+    """The writer script in a subprocess; `kill_at` ("store-commit:N") makes it SIGKILL itself (osae.faults)."""
     script = tmp_path / "writer.py"
     script.write_text(WRITER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "OSAE_KILL_AT"}
+    if kill_at:
+        env["OSAE_KILL_AT"] = kill_at
     return subprocess.Popen([sys.executable, str(script), str(path), str(n_shards), str(pause)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_killed_writer_leaves_committed_rows_and_resumes_to_the_same_store(tmp_path):
     path = tmp_path / "s.zarr"
-    proc = _spawn_writer(tmp_path, path, 6, 0.05)
-    seen = 0
-    while seen < 5000:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()
-        seen = int(line.split()[1])
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = _spawn_writer(tmp_path, path, 6, 0.0, kill_at="store-commit:2")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err  # killed right after its second commit, mid-run
+    assert out.splitlines()[-1] == "wrote 3584"  # the write that filled the second shard never returned
     store = ActivationStore(path)
-    assert not store.complete and store.n_tokens % 2048 == 0 and store.n_tokens >= 4096
+    assert not store.complete and store.n_tokens == 2 * 2048
     x = store.read_acts("h", 0, store.n_tokens)
     np.testing.assert_array_equal(x[:, 0], np.arange(store.n_tokens, dtype=np.float32))
     # The lock died with the writer: resuming works and finishes the same store.
@@ -267,7 +271,7 @@ def test_full_disk_during_append_keeps_committed_rows(small_disk):
 
 
 def test_a_corrupt_chunk_is_a_clear_read_error(tmp_path):
-    from osae.store.loader import LoaderConfig, ShuffledLoader
+    from osae.store import LoaderConfig, ShuffledLoader
 
     make_store(tmp_path / "s.zarr", n_seqs=100, eval_fraction=0.0)
     shard = tmp_path / "s.zarr" / "acts" / HOOK / "c" / "0" / "0"

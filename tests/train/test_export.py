@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from osae.store.reader import ActivationStore
-from osae.store.toy import ToyConfig, write_toy_store
+from osae.store import ActivationStore
+from osae.synthetic import ToyConfig, write_toy_store
 from osae.train.checkpoint import load_frozen
 from osae.train.config import SAESpec, TrainConfig
 from osae.train.export import export_saelens

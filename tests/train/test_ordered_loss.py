@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from osae.train.ordered_loss import (ordered_loss_bruteforce, ordered_loss_dense, ordered_loss_gram, ordered_loss_segment,
-                                     ordered_loss_sparse)
+from osae.train.ordered_loss import (
+    ordered_loss_bruteforce,
+    ordered_loss_dense,
+    ordered_loss_gram,
+    ordered_loss_segment,
+    ordered_loss_sparse,
+)
 from osae.train.prefix import boundaries_to_pi, inclusion_weights
 
 

@@ -2,15 +2,17 @@
 dictionary in the ground-truth order; BatchTopK recovers the atoms but in no particular order."""
 
 import numpy as np
+import pytest
 
 from osae.evaluate.consistency import stab_ord
 from osae.store import ActivationStore
-from osae.store.toy import ToyConfig, write_toy_store
+from osae.synthetic import ToyConfig, write_toy_store
 from osae.train.checkpoint import load_frozen
 from osae.train.config import SAESpec, TrainConfig
 from osae.train.fit import fit
 
 
+@pytest.mark.slow
 def test_osae_recovers_the_ordered_ground_truth_and_batchtopk_does_not_order_it(tmp_path):
     store = tmp_path / "toy.zarr"
     write_toy_store(store, ToyConfig())  # d=80, K=100, m=5, N=100,000, Zipf 1.2

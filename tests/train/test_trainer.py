@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from osae.errors import CheckpointError, StoreError
 from osae.store import StoreWriter, hook_spec
-from osae.store.toy import ToyConfig, write_toy_store
+from osae.synthetic import ToyConfig, write_toy_store
 from osae.train.checkpoint import load_frozen
 from osae.train.config import SAESpec, TrainConfig
 from osae.train.fit import fit
@@ -53,6 +53,7 @@ def test_many_saes_in_one_pass_equal_each_trained_alone(toy, tmp_path):
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_a_killed_fit_resumes_to_bitwise_the_same_weights(toy, tmp_path):
     specs = [{"arch": "osae", "seed": 0, "config": {"d_sae": 32, "k": 3, "estimator": "sample"}, "lr": 1e-3},
              {"arch": "batchtopk", "seed": 2, "config": {"d_sae": 32, "k": 3, "threshold_start": 3}, "lr": 1e-3},
@@ -94,8 +95,9 @@ def test_resume_with_changed_arguments_is_refused(toy, tmp_path):
     with pytest.raises(ValueError, match="changed arguments .*tokens"):
         fit(_cfg(toy, tmp_path / "r", specs, tokens=256 * 20), resume=str(tmp_path / "r"), progress=False)
     assert fit(resume=str(tmp_path / "r"), progress=False)["already_finished"]
-    with pytest.raises(ValueError, match="already holds a run"):
-        fit(cfg, progress=False)
+    assert fit(cfg, progress=False)["already_finished"]  # the same command again: nothing to do
+    with pytest.raises(ValueError, match="holds a run with other settings .*tokens: 3072 -> 5120.*--overwrite"):
+        fit(_cfg(toy, tmp_path / "r", specs, tokens=256 * 20), progress=False)
 
 
 def test_unit_sweeping_freezes_exactly_the_scheduled_units(toy, tmp_path):
@@ -110,7 +112,7 @@ def test_unit_sweeping_freezes_exactly_the_scheduled_units(toy, tmp_path):
     def spy(self, m, step):
         w = m.sae.W_dec.detach().clone()
         orig(self, m, step)
-        f = m.sae.frozen_at(step)
+        f = m.sae.frozen_units(step)
         if f:
             assert torch.equal(m.sae.W_dec.detach()[:f], w[:f]), step
             assert not torch.equal(m.sae.W_dec.detach()[f:], w[f:])
@@ -126,7 +128,8 @@ def test_unit_sweeping_freezes_exactly_the_scheduled_units(toy, tmp_path):
 
 def test_hybridorder_reorder_commutes_with_training():
     """Permuting parameters and Adam state, then stepping, equals stepping and then permuting (fp64)."""
-    from osae.store.normalize import Normalizer
+    from osae.store import Normalizer
+    from osae.train.batches import TensorBatches
     from osae.train.trainer import Trainer
 
     torch.manual_seed(0)
@@ -135,7 +138,7 @@ def test_hybridorder_reorder_commutes_with_training():
     cfg = TrainConfig(store="unused", out="/nonexistent", saes=[spec], tokens=64 * 12, batch_size=64, lr_warmup_steps=1)
     runs = []
     for permute_at in (None, 6):
-        tr = Trainer(cfg, iter(()), d_in=8, normalizer=Normalizer("none"), meta={})
+        tr = Trainer(cfg, TensorBatches(torch.cat(xs).float(), 64), d_in=8, normalizer=Normalizer("none"), meta={})
         m = tr.members[0]
         m.sae.double()
         m.opt = torch.optim.Adam(m.sae.parameters(), lr=1e-2)
@@ -187,6 +190,7 @@ def test_bad_settings_are_refused(toy, tmp_path):
         fit(resume=str(tmp_path), progress=False)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_weights_as_one(toy, tmp_path):
     args = ["fit", "--store", str(toy), "--arch", "topk", "--dict-size", "32", "--k", "3", "--seeds", "0",
             "--tokens", str(256 * 20), "--batch-size", "256", "--lr", "1e-3", "--checkpoint-every", "7"]

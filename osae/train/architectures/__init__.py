@@ -5,8 +5,12 @@ from __future__ import annotations
 from osae.train.architectures.base import SAE, SAEConfig
 from osae.train.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
 from osae.train.architectures.hybridorder import HybridOrderConfig, HybridOrderSAE
-from osae.train.architectures.matryoshka import (MatryoshkaConfig, MatryoshkaRandomConfig, MatryoshkaRandomSAE,
-                                                 MatryoshkaSAE)
+from osae.train.architectures.matryoshka import (
+    MatryoshkaConfig,
+    MatryoshkaRandomConfig,
+    MatryoshkaRandomSAE,
+    MatryoshkaSAE,
+)
 from osae.train.architectures.ordered import OrderedConfig, OrderedSAE
 from osae.train.architectures.relu_l1 import ReLUConfig, ReLUSAE
 from osae.train.architectures.topk import TopKConfig, TopKSAE

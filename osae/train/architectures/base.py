@@ -10,22 +10,74 @@ Shapes: B = batch, D = d_in, F = d_sae. Weights are stored F x D (rows are laten
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osae.distributed import SINGLE, Collective
+
+
+class Code(Protocol):
+    """The code of a batch of B tokens, whatever its layout: `SparseCode` (TopK, BatchTopK, OSAE, ...) or
+    `DenseCode` (ReLU, HybridOrder). Callers use only these methods, so no caller asks which one it has.
+    A latent is active on a token when its value is > 0. Per-latent results are (F,) with F = d_sae."""
+
+    def __len__(self) -> int:
+        """B, the number of tokens."""
+        ...
+
+    def dense(self, d_sae: int) -> torch.Tensor:
+        """The (B, F) activations."""
+        ...
+
+    def columns(self, lo: int, hi: int) -> torch.Tensor:
+        """(B, hi - lo) activations of latents lo..hi-1, without building the whole dense code."""
+        ...
+
+    def l0(self) -> torch.Tensor:
+        """Active latents per token (B,), long."""
+        ...
+
+    def l1(self) -> torch.Tensor:
+        """Sum of |z| per token (B,)."""
+        ...
+
+    def fired(self, d_sae: int) -> torch.Tensor:
+        """Bool (F,): latents active on at least one token."""
+        ...
+
+    def fire_counts(self, d_sae: int) -> torch.Tensor:
+        """Long (F,): tokens each latent is active on."""
+        ...
+
+    def sum_sq(self, d_sae: int) -> torch.Tensor:
+        """Float64 (F,): sum over tokens of z_j^2 (float64 so that long evaluations do not lose digits)."""
+        ...
+
+    def truncated(self, upto: int) -> Code:
+        """The same code with only latents of index < upto kept (a prefix of the dictionary)."""
+        ...
+
+    def decode_with(self, W_FD: torch.Tensor) -> torch.Tensor:
+        """(B, D): sum_j z_j W_FD[j] per token (the decoder without its bias)."""
+        ...
+
 
 @dataclass
 class SparseCode:
     """Active latents per token: `idx`, `vals` of shape (B, N) (zeros are padding), or flat (nnz,) with
-    `offsets` (B,) marking where each token's entries start (variable counts, as BatchTopK gives)."""
+    `offsets` (B,) marking where each token's entries start (variable counts, as BatchTopK gives).
+    Implements `Code`."""
 
     idx: torch.Tensor
     vals: torch.Tensor
     offsets: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.idx.shape[0]) if self.offsets is None else len(self.offsets)
 
     def dense(self, d_sae: int) -> torch.Tensor:
         if self.offsets is None:
@@ -37,33 +89,123 @@ class SparseCode:
         return out
 
     def rows(self) -> torch.Tensor:
-        """Token index of every entry (flat form)."""
+        """Token index of every entry, in the layout of `idx` ((B, N) padded or (nnz,) flat)."""
+        if self.offsets is None:
+            return torch.arange(self.idx.shape[0], device=self.idx.device)[:, None].expand_as(self.idx)
         counts = torch.diff(self.offsets, append=torch.tensor([len(self.idx)], device=self.offsets.device))
         return torch.repeat_interleave(torch.arange(len(self.offsets), device=self.idx.device), counts)
 
-    def l0(self) -> torch.Tensor:
-        """Active latents per token (B,)."""
+    def columns(self, lo: int, hi: int) -> torch.Tensor:
+        out = torch.zeros(len(self), hi - lo, dtype=self.vals.dtype, device=self.vals.device)
+        keep = (self.idx >= lo) & (self.idx < hi)
+        out[self.rows()[keep], self.idx[keep] - lo] = self.vals[keep]
+        return out
+
+    def _per_token(self, v: torch.Tensor) -> torch.Tensor:
+        """Sum of the entry values `v` (laid out as `idx`) over each token's entries."""
         if self.offsets is None:
-            return (self.vals > 0).sum(1)
-        return torch.zeros(len(self.offsets), dtype=torch.long, device=self.idx.device).index_add_(
-            0, self.rows(), (self.vals > 0).long())
+            return v.sum(1)
+        return torch.zeros(len(self), dtype=v.dtype, device=v.device).index_add_(0, self.rows(), v)
+
+    def l0(self) -> torch.Tensor:
+        return self._per_token((self.vals > 0).long())
+
+    def l1(self) -> torch.Tensor:
+        return self._per_token(self.vals.abs())
 
     def fired(self, d_sae: int) -> torch.Tensor:
-        """Bool (F,): latents active for at least one token."""
         mask = torch.zeros(d_sae, dtype=torch.bool, device=self.idx.device)
         mask[self.idx[self.vals > 0]] = True
         return mask
 
+    def fire_counts(self, d_sae: int) -> torch.Tensor:
+        return torch.bincount(self.idx[self.vals > 0], minlength=d_sae)
 
-Code = SparseCode | torch.Tensor  # dense codes (ReLU) are plain (B, F) tensors
+    def sum_sq(self, d_sae: int) -> torch.Tensor:
+        sq = self.vals.detach().double().reshape(-1) ** 2  # padding slots hold 0 and add nothing
+        return torch.zeros(d_sae, dtype=torch.float64, device=self.vals.device).index_add_(0, self.idx.reshape(-1), sq)
+
+    def truncated(self, upto: int) -> SparseCode:
+        return SparseCode(self.idx, self.vals * (self.idx < upto), self.offsets)
+
+    def decode_with(self, W_FD: torch.Tensor) -> torch.Tensor:
+        # embedding_bag gathers only the active rows of W: the (B, F) code is never built
+        if self.offsets is None:
+            return F.embedding_bag(self.idx, W_FD, per_sample_weights=self.vals, mode="sum")
+        return F.embedding_bag(self.idx, W_FD, self.offsets, per_sample_weights=self.vals, mode="sum")
+
+
+@dataclass
+class DenseCode:
+    """A (B, F') code held as its dense activations `z` (ReLU-style SAEs, where most entries may be
+    non-zero). F' < d_sae after `truncated`: the missing latents are zero. Implements `Code`."""
+
+    z: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.z.shape[0])
+
+    def _pad(self, v_F: torch.Tensor, d_sae: int) -> torch.Tensor:
+        """A per-latent (F',) result widened to (d_sae,) with zeros for the truncated latents."""
+        if len(v_F) >= d_sae:
+            return v_F[:d_sae]
+        return torch.cat([v_F, v_F.new_zeros(d_sae - len(v_F))])
+
+    def dense(self, d_sae: int) -> torch.Tensor:
+        if self.z.shape[1] >= d_sae:
+            return self.z[:, :d_sae]
+        return torch.cat([self.z, self.z.new_zeros(len(self.z), d_sae - self.z.shape[1])], 1)
+
+    def columns(self, lo: int, hi: int) -> torch.Tensor:
+        return self.dense(hi)[:, lo:hi]
+
+    def l0(self) -> torch.Tensor:
+        return (self.z > 0).sum(1)
+
+    def l1(self) -> torch.Tensor:
+        return self.z.abs().sum(1)
+
+    def fired(self, d_sae: int) -> torch.Tensor:
+        return self._pad((self.z > 0).any(0), d_sae)
+
+    def fire_counts(self, d_sae: int) -> torch.Tensor:
+        return self._pad((self.z > 0).sum(0), d_sae)
+
+    def sum_sq(self, d_sae: int) -> torch.Tensor:
+        return self._pad((self.z.detach().double() ** 2).sum(0), d_sae)
+
+    def truncated(self, upto: int) -> DenseCode:
+        return DenseCode(self.z[:, :upto])  # narrower, so decoding multiplies only the kept columns
+
+    def decode_with(self, W_FD: torch.Tensor) -> torch.Tensor:
+        return self.z @ W_FD[: self.z.shape[1]]
+
+
+@dataclass
+class StepContext:
+    """What a training forward may know besides its rows (the trainer/architecture contract).
+
+    `step` counts micro-batches; `dead_F` marks latents that have not fired for the dead window (AuxK);
+    `generator` is the SAE's own RNG; `collective` joins the processes that hold the other slices of the
+    batch, for selections and normalisers that must see the whole batch (BatchTopK, AuxK, HybridOrder)."""
+
+    step: int = 0
+    dead_F: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+    collective: Collective = SINGLE
 
 
 @dataclass
 class ForwardOutput:
+    """A training forward's result. `forward` changes no state: running statistics leave as `stats`,
+    name -> (reduction, tensor) with reduction sum, min, max or global (already the same on every
+    process); the trainer reduces them over processes and hands them to `SAE.update_statistics`."""
+
     recon: torch.Tensor
     code: Code
     losses: dict[str, torch.Tensor]
     pre: torch.Tensor | None = None
+    stats: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def loss(self) -> torch.Tensor:
@@ -72,26 +214,45 @@ class ForwardOutput:
 
 @dataclass
 class SAEConfig:
-    """What every architecture has. Subclasses add their own fields."""
+    """What every architecture has. Subclasses add their own fields.
 
-    d_in: int
-    """Activation width D."""
+    The settings are parsed before the store is open (`osae fit` checks a whole run first), so `d_in` may be
+    None until `bind(d_in)` gives the store's width; only a bound config builds an SAE."""
+
+    d_in: int | None = None
+    """Activation width D (the store's; None until bound)."""
     d_sae: int = 4096
     """Dictionary size F (latents)."""
     k: int = 32
-    """Target active latents per token (m of the OSAE paper); unused by ReLU-L1 architectures."""
+    """Target active latents per token (m of the OSAE paper)."""
     aux_k_coef: float = 1 / 32
     """Weight of the AuxK dead-latent loss (0 turns it off)."""
     aux_k: int | None = None
     """Latents of the AuxK reconstruction; None: d_in // 2."""
-    uses_k: ClassVar[bool] = True  # ReLU-based architectures ignore k
+    uses_k: ClassVar[bool] = True  # ReLU-based architectures ignore k (their run names say kNA)
+    saelens: ClassVar[str] = "topk"  # SAELens architecture of the inference code: topk, jumprelu or standard
+
     def __post_init__(self) -> None:
-        if self.d_in <= 0:
+        if self.d_in is not None and self.d_in <= 0:
             raise ValueError(f"d_in must be positive; got {self.d_in}")
         if self.d_sae <= 0:
             raise ValueError(f"dict size must be positive; got {self.d_sae}")
-        if self.uses_k and not 1 <= self.k <= self.d_sae:
+        if self.uses_k and self.k > self.d_sae:
+            raise ValueError(f"k={self.k} is larger than the dictionary size {self.d_sae}: k must be in [1, d_sae]")
+        if self.uses_k and self.k < 1:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}]; got {self.k}")
+
+    def bind(self, d_in: int) -> "SAEConfig":
+        """This config for activations of width `d_in`, validated again."""
+        return replace(self, d_in=d_in)
+
+    def settings(self) -> dict:
+        """What a run records for this SAE: every field but d_in (the store's), and k only where it is used."""
+        return {k: v for k, v in asdict(self).items() if k != "d_in" and (k != "k" or self.uses_k)}
+
+    def saelens_architecture(self) -> str:
+        """The SAELens architecture that computes this SAE's inference code (osae export)."""
+        return self.saelens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,22 +289,28 @@ class SAE(nn.Module):
         raise NotImplementedError
 
     def decode(self, code: Code, upto: int | None = None, bias: bool = True) -> torch.Tensor:
-        """x_hat from a code; `upto` keeps only latents with index < upto (a prefix)."""
-        if isinstance(code, torch.Tensor):
-            z = code if upto is None else code[:, :upto]
-            out = z @ self.W_dec[: z.shape[1]]
-        else:
-            vals = code.vals if upto is None else code.vals * (code.idx < upto)
-            if code.offsets is None:
-                out = F.embedding_bag(code.idx, self.W_dec, per_sample_weights=vals, mode="sum")
-            else:
-                out = F.embedding_bag(code.idx, self.W_dec, code.offsets, per_sample_weights=vals, mode="sum")
+        """x_hat from a code (sparse or dense); `upto` keeps only latents with index < upto (a prefix)."""
+        out = (code if upto is None else code.truncated(upto)).decode_with(self.W_dec)
         return out + self.b_dec if bias else out
 
-    def forward(self, x_BD: torch.Tensor, **state) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
+        """The training loss of one micro-batch slice; must not change the module's state (see ForwardOutput)."""
         code = self.encode(x_BD)
         recon = self.decode(code)
         return ForwardOutput(recon, code, {"mse": ((recon - x_BD) ** 2).sum(1).mean()})
+
+    # -- the trainer's hooks (every process calls them with identical arguments) ---------------------
+    def update_statistics(self, stats: dict[str, torch.Tensor], step: int) -> None:
+        """Fold one micro-batch's reduced `stats` (ForwardOutput.stats, over the whole batch) into buffers."""
+
+    def frozen_units(self, step: int) -> int:
+        """Leading latents whose parameters the optimizer must leave alone at `step` (unit sweeping)."""
+        return 0
+
+    def permutation_due(self, steps: range) -> torch.Tensor | None:
+        """A latent permutation to apply (with the optimizer state) after the optimizer update that ends the
+        micro-batches `steps` (one step, or accum_steps of them), or None."""
+        return None
 
     # -- constraints (methods.md 1.5) ----------------------------------------------------------
     @torch.no_grad()
@@ -188,11 +355,19 @@ def topk_code(pre_BF: torch.Tensor, k: int) -> SparseCode:
     return SparseCode(idx, vals.clamp_min(0))
 
 
-def batch_topk_code(pre_BF: torch.Tensor, k: int) -> SparseCode:
-    """The k * B largest ReLU'd entries of the whole batch, in flat form."""
+def batch_topk_code(pre_BF: torch.Tensor, k: int, collective: Collective = SINGLE) -> SparseCode:
+    """The k * B largest ReLU'd entries of the whole batch (B over every process), in flat form."""
     B, Fd = pre_BF.shape
     flat = pre_BF.reshape(-1)
-    vals, pos = torch.topk(flat, min(k * B, flat.numel()), sorted=False)
+    n_keep = k * B * collective.world  # over the whole batch
+    vals, pos = torch.topk(flat, min(n_keep, flat.numel()), sorted=False)
+    if collective.world > 1:
+        # The whole batch's n_keep-th largest value is among the union of every slice's n_keep largest.
+        with torch.no_grad():
+            candidates = collective.cat(vals.detach())
+            theta = torch.topk(candidates, min(n_keep, candidates.numel()), sorted=False).values.min()
+        keep = vals >= theta
+        vals, pos = vals[keep], pos[keep]
     pos, order = torch.sort(pos)
     vals = vals[order].clamp_min(0)
     rows, idx = pos // Fd, pos % Fd
@@ -211,9 +386,9 @@ def threshold_code(pre_BF: torch.Tensor, theta: float) -> SparseCode:
 
 
 def aux_k_loss(sae: SAE, x_BD: torch.Tensor, recon_BD: torch.Tensor, pre_BF: torch.Tensor,
-               dead_F: torch.Tensor | None) -> torch.Tensor:
+               dead_F: torch.Tensor | None, collective: Collective = SINGLE) -> torch.Tensor:
     """AuxK (methods.md 2.2): the dead latents' top-k_aux reconstruction of the detached residual, without
-    b_dec, normalised by the residual's total variance over the batch."""
+    b_dec, normalised by the residual's total variance over the whole batch (every process's slice)."""
     zero = pre_BF.new_zeros(())
     if dead_F is None or sae.cfg.aux_k_coef == 0:
         return zero
@@ -225,5 +400,9 @@ def aux_k_loss(sae: SAE, x_BD: torch.Tensor, recon_BD: torch.Tensor, pre_BF: tor
     dead_pre = pre_BF.masked_fill(~dead_F, float("-inf"))
     code = topk_code(dead_pre, k_aux)
     e_hat = sae.decode(code, bias=False)
-    denom = ((e - e.mean(0, keepdim=True)) ** 2).sum().clamp_min(1e-12)
-    return sae.cfg.aux_k_coef * ((e - e_hat) ** 2).sum() / denom
+    with torch.no_grad():
+        n = collective.world * len(e)
+        mean = collective.sum(e.sum(0)) / n
+        denom = collective.sum(((e - mean) ** 2).sum()).clamp_min(1e-12)
+    # Each process's gradient is averaged over processes: scale by world so the average is the whole batch's.
+    return sae.cfg.aux_k_coef * collective.world * ((e - e_hat) ** 2).sum() / denom

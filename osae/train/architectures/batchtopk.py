@@ -8,11 +8,21 @@ z_j = pre_j * 1[pre_j > theta]. L = ||x - x_hat||^2 + alpha * L_aux.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from osae.train.architectures.base import (SAE, ForwardOutput, SAEConfig, aux_k_loss, batch_topk_code,
-                                           threshold_code)
+from osae.distributed import SINGLE, Collective
+from osae.train.architectures.base import (
+    SAE,
+    ForwardOutput,
+    SAEConfig,
+    SparseCode,
+    StepContext,
+    aux_k_loss,
+    batch_topk_code,
+    threshold_code,
+)
 
 ARCHITECTURE = "batchtopk"
 
@@ -23,6 +33,7 @@ class BatchTopKConfig(SAEConfig):
     """EMA factor of the inference threshold."""
     threshold_start: int = 1000
     """Training step from which the threshold is tracked."""
+    saelens: ClassVar[str] = "jumprelu"  # one global threshold: z = pre * 1[pre > theta] is a JumpReLU
 
 
 class BatchTopKSAE(SAE):
@@ -38,26 +49,33 @@ class BatchTopKSAE(SAE):
             return batch_topk_code(pre, self.cfg.k)
         return threshold_code(pre, float(self.threshold))
 
-    def train_code(self, pre_BF: torch.Tensor):
-        return batch_topk_code(pre_BF, self.cfg.k)
+    def train_code(self, pre_BF: torch.Tensor, collective: Collective = SINGLE) -> SparseCode:
+        return batch_topk_code(pre_BF, self.cfg.k, collective)
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, step: int = 0, **state) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
+        ctx = ctx or StepContext()
         pre = self.pre_acts(x_BD)
-        code = self.train_code(pre)
+        code = self.train_code(pre, ctx.collective)
         recon = self.decode(code)
-        if self.training:
-            self.update_threshold(code, step)
-        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(), "auxk": aux_k_loss(self, x_BD, recon, pre, dead_F)}
-        return ForwardOutput(recon, code, losses, pre)
+        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(),
+                  "auxk": aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective)}
+        return ForwardOutput(recon, code, losses, pre, stats=self.threshold_stats(code))
 
     @torch.no_grad()
-    def update_threshold(self, code, step: int) -> None:
-        if step < self.cfg.threshold_start:
-            return
+    def threshold_stats(self, code: SparseCode) -> dict[str, tuple[str, torch.Tensor]]:
+        """The smallest kept activation of this slice (+inf if none): its min over processes is the batch's."""
         pos = code.vals[code.vals > 0]
-        if pos.numel() == 0:
+        smallest = pos.min() if pos.numel() else code.vals.new_tensor(float("inf"))
+        return {"min_kept": ("min", smallest.detach().float())}
+
+    def update_statistics(self, stats: dict[str, torch.Tensor], step: int) -> None:
+        self.update_threshold(stats["min_kept"], step)
+
+    @torch.no_grad()
+    def update_threshold(self, m: torch.Tensor, step: int) -> None:
+        """EMA of the batch's smallest kept activation `m`, from `threshold_start` on."""
+        if step < self.cfg.threshold_start or not bool(torch.isfinite(m)):
             return
-        m = pos.min()
         if float(self.threshold) < 0:
             self.threshold.copy_(m)
         else:

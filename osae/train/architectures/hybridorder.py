@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import torch
 
-from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig
+from osae.train.architectures.base import SAE, DenseCode, ForwardOutput, SAEConfig, StepContext
 
 ARCHITECTURE = "hybridorder"
 HISTORY = 10
@@ -28,6 +28,7 @@ HISTORY = 10
 @dataclass
 class HybridOrderConfig(SAEConfig):
     uses_k: ClassVar[bool] = False
+    saelens: ClassVar[str] = "standard"
     l1_coef: float = 0.04
     """lambda_0."""
     norm_beta: float = 0.99
@@ -55,41 +56,58 @@ class HybridOrderSAE(SAE):
         self.register_buffer("hist_len", torch.tensor(0, dtype=torch.long))
 
     def encode(self, x_BD):
-        return torch.relu(self.pre_acts(x_BD))
+        return DenseCode(torch.relu(self.pre_acts(x_BD)))
 
-    def l1_weight(self, x_BD: torch.Tensor) -> torch.Tensor:
-        n_t = x_BD.norm(dim=1).mean().detach()
-        if self.training:
-            with torch.no_grad():
-                if float(self.norm_ma) < 0:
-                    self.norm_ma.copy_(n_t)
-                else:
-                    self.norm_ma.mul_(self.cfg.norm_beta).add_((1 - self.cfg.norm_beta) * n_t)
-        ma = self.norm_ma if float(self.norm_ma) > 0 else n_t
-        return self.cfg.l1_coef * n_t / ma
+    def norm_average(self, n_t: torch.Tensor) -> torch.Tensor:
+        """MA_t: the moving average of the batch's mean input norm, including this batch's n_t."""
+        if float(self.norm_ma) < 0:
+            return n_t
+        return self.cfg.norm_beta * self.norm_ma + (1 - self.cfg.norm_beta) * n_t
 
-    def forward(self, x_BD: torch.Tensor, **state) -> ForwardOutput:
+    def l1_weight(self, n_t: torch.Tensor) -> torch.Tensor:
+        return self.cfg.l1_coef * n_t / self.norm_average(n_t)
+
+    def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
+        ctx = ctx or StepContext()
+        c = ctx.collective
+        with torch.no_grad():  # n_t is the mean norm over the whole batch, every process's slice
+            n_t = c.sum(x_BD.norm(dim=1).sum()) / (len(x_BD) * c.world)
         z = torch.relu(self.pre_acts(x_BD))
-        recon = self.decode(z)
-        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(), "l1": self.l1_weight(x_BD) * z.sum(1).mean()}
-        if self.training:
-            self.track(z)
-        return ForwardOutput(recon, z, losses)
+        code = DenseCode(z)
+        recon = self.decode(code)
+        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(), "l1": self.l1_weight(n_t) * z.sum(1).mean()}
+        stats = {"input_norm": ("global", n_t), "fires": ("sum", (z.detach() > self.cfg.eps).sum(0).float()),
+                 "tokens": ("sum", z.new_tensor(float(len(x_BD))))}
+        return ForwardOutput(recon, code, losses, stats=stats)
 
     @torch.no_grad()
-    def track(self, z_BF: torch.Tensor) -> None:
-        c = (z_BF > self.cfg.eps).float().mean(0)
+    def update_statistics(self, stats, step: int) -> None:
+        self.norm_ma.copy_(self.norm_average(stats["input_norm"]))
+        self.track(stats["fires"] / stats["tokens"])
+
+    @torch.no_grad()
+    def track(self, c: torch.Tensor) -> None:
+        """Fold one batch's firing shares c_i (F,) into the EMA and the history."""
         self.freq_ema.mul_(self.cfg.freq_beta).add_((1 - self.cfg.freq_beta) * c)
         self.freq_hist.copy_(torch.roll(self.freq_hist, 1, 0))
         self.freq_hist[0] = c
         self.hist_len.add_(1).clamp_(max=HISTORY)
 
-    def reorder_due(self, step: int) -> bool:
-        if step < self.cfg.reorder_start:
+    def permutation_due(self, steps: range) -> torch.Tensor | None:
+        return self.order() if self.reorder_due(steps) else None
+
+    def reorder_due(self, steps: range | int) -> bool:
+        """Whether the update ending the micro-batches `steps` reorders: one of them is a scheduled step
+        (t >= reorder_start and t % reorder_every == 0; steps count micro-batches, so a schedule still fires
+        under gradient accumulation), or the recent firing shares vary by more than tau."""
+        steps = range(steps, steps + 1) if isinstance(steps, int) else steps
+        if steps[-1] < self.cfg.reorder_start:
             return False
+        if any(t >= self.cfg.reorder_start and t % self.cfg.reorder_every == 0 for t in steps):
+            return True
         n = int(self.hist_len)
         v = float(self.freq_hist[:n].var(0, unbiased=False).mean()) if n > 1 else 0.0
-        return step % self.cfg.reorder_every == 0 or v > self.cfg.reorder_tau
+        return v > self.cfg.reorder_tau
 
     def order(self) -> torch.Tensor:
         """Latents by decreasing EMA frequency (ties: lower index first)."""

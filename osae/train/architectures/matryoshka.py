@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from osae.train.architectures.base import ForwardOutput, aux_k_loss, topk_code
+from osae.distributed import SINGLE
+from osae.train.architectures.base import ForwardOutput, StepContext, aux_k_loss, topk_code
 from osae.train.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
 from osae.train.prefix import default_widths, sample_boundaries
 
@@ -40,8 +41,12 @@ class MatryoshkaConfig(BatchTopKConfig):
         w = list(self.widths)
         if w != sorted(set(w)) or w[-1] != self.d_sae or w[0] < 1:
             raise ValueError(f"widths must be increasing and end at d_sae={self.d_sae}; got {w}")
-        if self.selection not in ("batch", "token"):
-            raise ValueError(f"selection must be batch or token; got {self.selection!r}")
+        if self.level_weights is not None and len(self.level_weights) != len(w):
+            raise ValueError(f"level_weights needs one weight per width ({len(w)}); got {len(self.level_weights)}")
+        _check_selection(self.selection)
+
+    def saelens_architecture(self) -> str:
+        return _selection_saelens(self.selection)
 
 
 @dataclass
@@ -53,7 +58,28 @@ class MatryoshkaRandomConfig(BatchTopKConfig):
     power: float = 0.5
     """Exponent of the boundary law."""
     selection: str = "batch"
-    """batch or token."""
+    """batch (BatchTopK, the default) or token (per-token TopK)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.groups <= self.d_sae:
+            raise ValueError(f"groups must be in [1, d_sae={self.d_sae}]; got {self.groups}")
+        if not 1 <= self.b_min < self.d_sae:
+            raise ValueError(f"b_min must be in [1, d_sae={self.d_sae}); got {self.b_min}")
+        _check_selection(self.selection)
+
+    def saelens_architecture(self) -> str:
+        return _selection_saelens(self.selection)
+
+
+def _check_selection(selection: str) -> None:
+    if selection not in ("batch", "token"):
+        raise ValueError(f"selection must be batch or token; got {selection!r}")
+
+
+def _selection_saelens(selection: str) -> str:
+    # Per-token TopK codes are SAELens' topk; BatchTopK codes, evaluated with the global threshold, a JumpReLU.
+    return "topk" if selection == "token" else "jumprelu"
 
 
 class MatryoshkaSAE(BatchTopKSAE):
@@ -64,31 +90,35 @@ class MatryoshkaSAE(BatchTopKSAE):
         c = np.asarray(self.cfg.level_weights or [1.0 / len(w)] * len(w), dtype=np.float64)
         return w, c
 
-    def train_code(self, pre_BF):
+    def train_code(self, pre_BF, collective=SINGLE):
         if self.cfg.selection == "token":
             return topk_code(pre_BF, self.cfg.k)
-        return super().train_code(pre_BF)
+        return super().train_code(pre_BF, collective)
 
     def encode(self, x_BD):
         if self.cfg.selection == "token":
             return topk_code(self.pre_acts(x_BD), self.cfg.k)
         return super().encode(x_BD)
 
-    def forward(self, x_BD: torch.Tensor, dead_F=None, step: int = 0, **state) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
+        ctx = ctx or StepContext()
         pre = self.pre_acts(x_BD)
-        code = self.train_code(pre)
-        widths, weights = self.levels(step)
+        code = self.train_code(pre, ctx.collective)
+        widths, weights = self.levels(ctx.step)
         level_losses = []
         recon = None
         for w in widths:
             recon_w = self.decode(code, upto=w if w < self.cfg.d_sae else None)
             level_losses.append(((recon_w - x_BD) ** 2).sum(1).mean())
             recon = recon_w
-        if self.training and self.cfg.selection == "batch":
-            self.update_threshold(code, step)
         mse = sum(float(c) * l for c, l in zip(weights, level_losses))
-        losses = {"mse": mse, "auxk": aux_k_loss(self, x_BD, recon, pre, dead_F)}
-        return ForwardOutput(recon, code, losses, pre)
+        losses = {"mse": mse, "auxk": aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective)}
+        stats = self.threshold_stats(code) if self.cfg.selection == "batch" else {}
+        return ForwardOutput(recon, code, losses, pre, stats=stats)
+
+    def update_statistics(self, stats, step: int) -> None:
+        if "min_kept" in stats:
+            self.update_threshold(stats["min_kept"], step)
 
 
 class MatryoshkaRandomSAE(MatryoshkaSAE):

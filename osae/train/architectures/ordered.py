@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, SparseCode, aux_k_loss, topk_code
+from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, SparseCode, StepContext, aux_k_loss, topk_code
 from osae.train.ordered_loss import ordered_loss_dense, ordered_loss_sparse
 from osae.train.prefix import LAWS, inclusion_weights
 
@@ -79,14 +79,19 @@ class OrderedSAE(SAE):
             return cfg.k
         return int(round(k0 - (k0 - cfg.k) * step / cfg.k_warmup_steps))
 
-    def frozen_at(self, step: int) -> int:
+    def frozen_units(self, step: int) -> int:
         cfg = self.cfg
         if cfg.sweep_start is None or step < cfg.sweep_start:
             return 0
         return min(cfg.d_sae - 1, (step - cfg.sweep_start) // cfg.sweep_every + 1)
 
-    def effective_pi(self) -> torch.Tensor:
-        f = int(self.n_frozen)
+    def update_statistics(self, stats, step: int) -> None:
+        # Recorded so that a frozen checkpoint says how many units were swept when it was written.
+        self.n_frozen.fill_(self.frozen_units(step))
+
+    def effective_pi(self, f: int | None = None) -> torch.Tensor:
+        """pi re-based on the unfrozen tail; `f` frozen units (None: the recorded n_frozen)."""
+        f = int(self.n_frozen) if f is None else f
         if f == 0:
             return self.pi
         pi = self.pi / self.pi[f].clamp_min(1e-12)  # re-based on the unfrozen tail (pi[f] is unit f+1)
@@ -97,15 +102,18 @@ class OrderedSAE(SAE):
     def encode(self, x_BD):
         return topk_code(self.pre_acts(x_BD), self.cfg.k)
 
-    def forward(self, x_BD: torch.Tensor, dead_F=None, step: int = 0, generator=None, **state) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
+        ctx = ctx or StepContext()
         pre = self.pre_acts(x_BD)
-        k = self.k_at(step)
+        k = self.k_at(ctx.step)
         r = x_BD - self.b_dec
-        pi = self.effective_pi()
+        pi = self.effective_pi(self.frozen_units(ctx.step))
         code = topk_code(pre, k)
         if self.cfg.estimator == "sample":
             # One prefix length per token, P(L >= j) = pi_j: L is the number of pi_j above a uniform draw.
-            u = torch.rand(len(x_BD), generator=generator, device=x_BD.device)
+            # Every process draws the whole batch's uniforms and keeps its slice: any process count, one stream.
+            c, b = ctx.collective, len(x_BD)
+            u = torch.rand(b * c.world, generator=ctx.generator, device=x_BD.device)[c.rank * b : (c.rank + 1) * b]
             L = (pi[None, :] > u[:, None]).sum(1)
             kept = SparseCode(code.idx, code.vals * (code.idx < L[:, None]))
             nd = ((r - self.decode(kept, bias=False)) ** 2).sum(1).mean()
@@ -115,5 +123,6 @@ class OrderedSAE(SAE):
         else:
             nd = ordered_loss_sparse(r, code.vals, code.idx, self.W_dec, pi).mean()
         recon = self.decode(code)
-        return ForwardOutput(recon, code, {"nd": nd, "auxk": aux_k_loss(self, x_BD, recon, pre, dead_F)}, pre)
+        auxk = aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective)
+        return ForwardOutput(recon, code, {"nd": nd, "auxk": auxk}, pre)
 

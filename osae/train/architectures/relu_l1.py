@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig
+from osae.train.architectures.base import SAE, DenseCode, ForwardOutput, SAEConfig, StepContext
 
 ARCHITECTURE = "relu"
 
@@ -18,6 +18,7 @@ ARCHITECTURE = "relu"
 @dataclass
 class ReLUConfig(SAEConfig):
     uses_k: ClassVar[bool] = False
+    saelens: ClassVar[str] = "standard"
     l1_coef: float = 5.0
     """lambda, in units of the per-token squared error (activations normalised to E||x||^2 = d_in)."""
     l1_warmup_steps: int = 2000
@@ -28,14 +29,16 @@ class ReLUSAE(SAE):
     ARCHITECTURE = ARCHITECTURE
 
     def encode(self, x_BD):
-        return torch.relu(self.pre_acts(x_BD))
+        return DenseCode(torch.relu(self.pre_acts(x_BD)))
 
     def l1_weight(self, step: int) -> float:
         ramp = min(1.0, step / self.cfg.l1_warmup_steps) if self.cfg.l1_warmup_steps else 1.0
         return self.cfg.l1_coef * ramp
 
-    def forward(self, x_BD: torch.Tensor, step: int = 0, **state) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
+        ctx = ctx or StepContext()
         z = torch.relu(self.pre_acts(x_BD))
-        recon = self.decode(z)
-        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(), "l1": self.l1_weight(step) * z.sum(1).mean()}
-        return ForwardOutput(recon, z, losses)
+        code = DenseCode(z)
+        recon = self.decode(code)
+        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(), "l1": self.l1_weight(ctx.step) * z.sum(1).mean()}
+        return ForwardOutput(recon, code, losses)

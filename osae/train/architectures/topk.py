@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, aux_k_loss, topk_code
+from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, StepContext, aux_k_loss, topk_code
 
 ARCHITECTURE = "topk"
 
@@ -25,9 +25,11 @@ class TopKSAE(SAE):
     def encode(self, x_BD):
         return topk_code(self.pre_acts(x_BD), self.cfg.k)
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, **state) -> ForwardOutput:
+    def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
+        ctx = ctx or StepContext()
         pre = self.pre_acts(x_BD)
         code = topk_code(pre, self.cfg.k)
         recon = self.decode(code)
-        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(), "auxk": aux_k_loss(self, x_BD, recon, pre, dead_F)}
+        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(),
+                  "auxk": aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective)}
         return ForwardOutput(recon, code, losses, pre)

@@ -18,7 +18,7 @@ import uuid
 
 from osae.constants import LOCK_FILE, REMOTE_LEASE_FILE, REMOTE_LEASE_SECONDS
 from osae.errors import StoreError, StoreLockedError
-from osae.store.location import Location, filesystem, join, require_writable
+from osae.store.core.location import Location, filesystem, join, require_writable
 
 
 class WriterLock:

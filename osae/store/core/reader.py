@@ -14,10 +14,15 @@ import torch
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 
-from osae.constants import ACTS_GROUP, READABLE_STORE_FORMATS, STORE_ATTR_KEY, STORE_FORMAT_VERSION
+from osae.constants import (
+    ACTS_GROUP,
+    READABLE_STORE_FORMATS,
+    STORE_ATTR_KEY,
+    STORE_FORMAT_VERSION,
+)
 from osae.errors import StoreError, StoreFormatError
-from osae.store.format import storage_dtype
-from osae.store.location import Location, parse_location, zarr_store
+from osae.store.core.format import storage_dtype
+from osae.store.core.location import Location, parse_location, zarr_store
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,11 @@ class ActivationStore:
     @property
     def complete(self) -> bool:
         return bool(self.commit["complete"])
+
+    @property
+    def provenance(self) -> dict:
+        """Where the rows came from (model, dataset, the writer's own records), as the writer recorded it."""
+        return self.meta.get("provenance") or {}
 
     @property
     def hooks(self) -> dict[str, dict]:

@@ -1,6 +1,6 @@
 """`osae store import`: activations from .npy, .safetensors or Arrow (SAELens caches) into a store.
 
-Rows go through the same StoreWriter as harvest: whole shards are committed with their checksums, digests and
+Rows go through the buffered `StoreWriter`: whole shards are committed with their checksums, digests and
 running statistics, so an interrupted import resumes at its committed rows (the sources' paths and sizes and
 the import settings must match; their sha256 is recorded when the import completes), and memory stays at
 one block plus one shard whatever the source size.
@@ -18,12 +18,13 @@ from tqdm.auto import tqdm
 
 from osae.constants import DEFAULT_EVAL_FRACTION
 from osae.errors import StoreError
-from osae.store.digest import file_sha256
-from osae.store.format import hook_spec, storage_dtype
-from osae.store.import_sources import Block, Part, open_parts
-from osae.store.location import parse_location
-from osae.store.reader import ActivationStore
-from osae.store.writer import StoreWriter, store_exists
+from osae.store.core.buffered_writer import StoreWriter
+from osae.store.core.digest import file_sha256
+from osae.store.core.format import hook_spec, storage_dtype
+from osae.store.core.layout import store_exists
+from osae.store.core.location import parse_location
+from osae.store.core.reader import ActivationStore
+from osae.store.interchange.import_sources import Block, Part, open_parts
 
 log = logging.getLogger(__name__)
 HOOK_NAME = re.compile(r"blocks\.(\d+)\.hook_(\w+)$")
@@ -145,7 +146,7 @@ def _open_writer(out, identity, hooks, has_tokens, context, append, compressor, 
         record["first_row"] = writer.committed
         record["seq_offset"] = writer.n_sequences  # sequence ids stay unique across imports
         writer.meta["provenance"].setdefault("imports", []).append(record)
-        writer._write_commit()
+        writer.commit_metadata()
         return writer, writer.committed
     if append:
         log.info("%s does not exist yet; --append creates it", loc.display)

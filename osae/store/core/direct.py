@@ -16,7 +16,7 @@ import google_crc32c
 import numpy as np
 
 from osae.errors import StoreError
-from osae.store.reader import ActivationStore
+from osae.store.core.reader import ActivationStore
 
 _EMPTY = np.uint64(2**64 - 1)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from osae.store.reader import ActivationStore
+from osae.store.core.reader import ActivationStore
 
 NORMALIZATIONS = ("none", "scalar", "standardize")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from osae.constants import SEQUENCES_GROUP
-from osae.store.reader import ActivationStore
+from osae.store.core.reader import ActivationStore
 
 SPLITS = ("train", "eval", "all")
 _MASK64 = (1 << 64) - 1

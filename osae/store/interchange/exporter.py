@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from osae.store.reader import ActivationStore, to_float32
+from osae.store.core.reader import ActivationStore, to_float32
 
 ST_DTYPES = {"float16": "F16", "float32": "F32", "bfloat16": "BF16", "int32": "I32", "int64": "I64"}
 

@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from osae.store.format import hook_spec
-from osae.store.writer import StoreWriter
+from osae.store import StoreWriter, hook_spec
 
 log = logging.getLogger(__name__)
 TOY_HOOK = "toy"
@@ -75,6 +74,8 @@ def _chunk_rows(n: int) -> int:
 
 
 def write_toy_store(out, cfg: ToyConfig, *, overwrite: bool = False) -> dict:
+    """Write `cfg`'s toy data to the store `out`: the training rows, then the held-out rows (the evaluation split),
+    then the ground truth (dictionary, prior, codes). Returns rows, chunk_rows and eval_chunks."""
     prior = zipf_prior(cfg.n_atoms, cfg.alpha)
     dictionary = toy_dictionary(np.random.default_rng(cfg.seed), cfg.n_atoms, cfg.d)
     train = sample_codes(np.random.default_rng(cfg.seed + 1), cfg.n, prior, cfg.m)
@@ -86,6 +87,7 @@ def write_toy_store(out, cfg: ToyConfig, *, overwrite: bool = False) -> dict:
         out,
         hooks={TOY_HOOK: hook_spec(None, cfg.d, "float32", hook="synthetic")},
         has_tokens=False,
+        # "osae.store.toy" is where this generator first lived; the recorded name stays so toy stores keep their bytes.
         provenance={"model": None, "dataset": {"id": "osae-gaussian-toy", **asdict(cfg)}, "generator": "osae.store.toy"},
         chunk_rows=cr,
         split={"rule": "explicit-chunks", "eval_chunks": eval_chunks},

@@ -1,0 +1,110 @@
+"""No run directory is ever stranded: the same command resumes or restarts it, whatever stopped it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from osae.errors import StoreError
+from osae.train.config import SAESpec
+from osae.train.fit import fit
+from tests.train.test_trainer import _cfg, _weights, toy  # noqa: F401  (toy: the shared store fixture)
+
+SPECS = [SAESpec("topk", 0, {"d_sae": 32, "k": 3}, lr=1e-3), SAESpec("batchtopk", 1, {"d_sae": 32, "k": 3}, lr=1e-3)]
+
+
+def _same_weights(a, b):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and wa
+    for name in wa:
+        for key in wa[name]:
+            assert torch.equal(wa[name][key], wb[name][key]), (name, key)
+
+
+def _fit_cli(toy_store, out, *extra, env=None, wait=True):  # noqa: F811
+    args = [sys.executable, "-m", "osae", "fit", "--store", str(toy_store), "--arch", "topk", "--dict-size", "32",
+            "--k", "3", "--seeds", "0,1", "--tokens", str(256 * 400), "--batch-size", "256", "--lr", "1e-3",
+            "--checkpoint-every", "100000", "--out", str(out), *extra]
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, **(env or {})})
+    if wait:
+        out_, err = run.communicate(timeout=300)
+        return run.returncode, out_, err
+    return run
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_the_same_command(toy, tmp_path):  # noqa: F811
+    ref = tmp_path / "ref"
+    code, _, err = _fit_cli(toy, ref)
+    assert code == 0, err
+    cut = tmp_path / "cut"
+    code, _, _ = _fit_cli(toy, cut, env={"OSAE_KILL_AT": "fit-step:30"})
+    assert code == -signal.SIGKILL and (cut / "run.json").exists() and not (cut / "run_state.json").exists()
+    code, _, err = _fit_cli(toy, cut)
+    assert code == 0, err
+    assert "no checkpoint yet: starting it again" in err
+    _same_weights(ref, cut)
+    lines = (cut / "topk-K32-k3-s0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == list(range(50, 401, 50))  # no lines of the killed attempt
+
+
+def test_sigint_and_sigterm_checkpoint_and_the_same_command_resumes_bitwise(toy, tmp_path):  # noqa: F811
+    ref = tmp_path / "ref"
+    assert _fit_cli(toy, ref)[0] == 0
+    cut = tmp_path / "cut"
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        metrics = cut / "topk-K32-k3-s0" / "metrics.jsonl"
+        before = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        proc = _fit_cli(toy, cut, wait=False)
+        deadline = time.time() + 120  # signal once training is under way (a new metrics line)
+        while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) > before):
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            pytest.skip("the run finished before the signal arrived (machine too fast for this run length)")
+        assert proc.returncode == 128 + signum, err
+        assert "interrupted at step" in err and "run the same command again to resume" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+        state = json.loads((cut / "run_state.json").read_text())
+        assert 0 < state["step"] < 400 and not state["finished"]
+    code, _, err = _fit_cli(toy, cut)
+    assert code == 0, err
+    _same_weights(ref, cut)
+
+
+def test_a_changed_command_is_refused_and_overwrite_starts_afresh(toy, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    fit(_cfg(toy, out, SPECS, tokens=256 * 12), progress=False)
+    (out / "notes.txt").write_text("mine")
+    other = [SAESpec("topk", 5, {"d_sae": 16, "k": 2}, lr=1e-3)]
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        fit(_cfg(toy, out, other, tokens=256 * 12), progress=False)
+    assert (out / "batchtopk-K32-k3-s1").exists()  # refused: nothing touched
+    fit(_cfg(toy, out, other, tokens=256 * 12), overwrite=True, progress=False)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["topk-K16-k2-s5"]
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are removed
+    assert load_file(str(out / "topk-K16-k2-s5" / "sae.safetensors"))["W_dec"].shape == (16, 16)
+
+
+def test_a_directory_that_is_not_a_run_is_left_alone(toy, tmp_path):  # noqa: F811
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "data.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="holds files but no osae run"):
+        fit(_cfg(toy, out, SPECS), progress=False)
+    assert [p.name for p in out.iterdir()] == ["data.bin"]
+
+
+def test_an_invalid_sae_setting_writes_nothing(toy, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="k must be in"):
+        fit(_cfg(toy, tmp_path / "bad", [SAESpec("topk", 0, {"d_sae": 8, "k": 9})]), progress=False)
+    with pytest.raises(StoreError, match="no hook 'nope'"):
+        fit(_cfg(toy, tmp_path / "bad", SPECS, hook="nope"), progress=False)
+    assert not (tmp_path / "bad").exists()
