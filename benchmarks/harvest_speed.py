@@ -35,9 +35,19 @@ def pythia70m_dir(root: Path) -> Path:
     path = root / "pythia-70m-random"
     if not (path / "config.json").exists():
         torch.manual_seed(0)
-        cfg = GPTNeoXConfig(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
-                            intermediate_size=2048, rotary_pct=0.25, max_position_embeddings=2048,
-                            bos_token_id=0, eos_token_id=0, use_parallel_residual=True, tie_word_embeddings=False)
+        cfg = GPTNeoXConfig(
+            vocab_size=50304,
+            hidden_size=512,
+            num_hidden_layers=6,
+            num_attention_heads=8,
+            intermediate_size=2048,
+            rotary_pct=0.25,
+            max_position_embeddings=2048,
+            bos_token_id=0,
+            eos_token_id=0,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+        )
         GPTNeoXForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
         AutoTokenizer.from_pretrained(EMBEDDED_DIR).save_pretrained(path)
     return path
@@ -67,8 +77,12 @@ def bare_forward(model_dir: Path, n_windows: int, batch: int, truncated: bool) -
 def osae_harvest(model_dir: Path, out: Path, tokens: int, batch: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    harvest(HarvestConfig(out=str(out), model=str(model_dir), layers=[3], tokens=tokens, batch_size=batch,
-                          context_size=128), progress=False)
+    harvest(
+        HarvestConfig(
+            out=str(out), model=str(model_dir), layers=[3], tokens=tokens, batch_size=batch, context_size=128
+        ),
+        progress=False,
+    )
     return tokens / (time.perf_counter() - t0)
 
 
@@ -82,8 +96,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = pythia70m_dir(args.out)
     n_windows = -(-args.tokens // 127)
-    res = {"tokens": n_windows * 127, "batch_windows": args.batch_size, "torch_threads": torch.get_num_threads(),
-           "harvest": [], "harvest_marginal": [], "bare_truncated": [], "bare_full": []}
+    res = {
+        "tokens": n_windows * 127,
+        "batch_windows": args.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "harvest": [],
+        "harvest_marginal": [],
+        "bare_truncated": [],
+        "bare_full": [],
+    }
     tokens = n_windows * 127
     for _ in range(args.rounds):
         one = osae_harvest(model_dir, args.out / "h.zarr", tokens, args.batch_size)

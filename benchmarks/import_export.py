@@ -3,10 +3,11 @@
     python benchmarks/import_export.py [--gib 2] [--dir /tmp/osae-bench-import]
 
 Writes a float32 (rows, 512) .npy of the given size block by block, then times, one after the other on the
-same warm page cache: a plain copy of the file (read and write in 16 MiB blocks), `osae store import` and `osae store export`
-back to .npy, each in its own process whose peak RSS is read from wait4. Each timing starts after `sync`
-and includes a `sync` at its end (the written data on disk), so background write-back of an earlier step
-does not land in a later one; each is repeated --repeats times and the median reported. Prints one JSON line.
+same warm page cache: a plain copy of the file (read and write in 16 MiB blocks), `osae store import` and
+`osae store export` back to .npy, each in its own process whose peak RSS is read from wait4. Each timing
+starts after `sync` and includes a `sync` at its end (the written data on disk), so background write-back
+of an earlier step does not land in a later one; each is repeated --repeats times and the median reported.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -80,21 +81,56 @@ def main() -> None:
             (root / path).unlink(missing_ok=True)
         shutil.rmtree(root / "s.zarr", ignore_errors=True)
         results["copy"].append(run([sys.executable, "-c", COPY, str(src), str(root / "copy.npy")]))
-        results["import"].append(run([sys.executable, "-m", "osae", "store", "import", str(src), "--out",
-                                      str(root / "s.zarr"), "--hook", "blocks.3.hook_resid_post"]))
-        results["export"].append(run([sys.executable, "-m", "osae", "store", "export", str(root / "s.zarr"), "--out",
-                                      str(root / "back.npy")]))
+        results["import"].append(
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "osae",
+                    "store",
+                    "import",
+                    str(src),
+                    "--out",
+                    str(root / "s.zarr"),
+                    "--hook",
+                    "blocks.3.hook_resid_post",
+                ]
+            )
+        )
+        results["export"].append(
+            run(
+                [sys.executable, "-m", "osae", "store", "export", str(root / "s.zarr"), "--out", str(root / "back.npy")]
+            )
+        )
     (copy_s, copy_rss), (imp_s, imp_rss), (exp_s, exp_rss) = (
-        (float(np.median([t for t, _ in results[k]])), max(r for _, r in results[k])) for k in ("copy", "import", "export"))
+        (float(np.median([t for t, _ in results[k]])), max(r for _, r in results[k]))
+        for k in ("copy", "import", "export")
+    )
     same = subprocess.run(["cmp", str(src), str(root / "back.npy")]).returncode == 0
-    print(json.dumps({
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "source_bytes": nbytes, "rows": rows, "width": d,
-        "copy_s": round(copy_s, 2), "copy_gb_s": round(nbytes / copy_s / 1e9, 3), "copy_peak_rss_mib": copy_rss >> 20,
-        "import_s": round(imp_s, 2), "import_gb_s": round(nbytes / imp_s / 1e9, 3), "import_peak_rss_mib": imp_rss >> 20,
-        "export_s": round(exp_s, 2), "export_gb_s": round(nbytes / exp_s / 1e9, 3), "export_peak_rss_mib": exp_rss >> 20,
-        "import_vs_copy": round(copy_s / imp_s, 3), "export_vs_copy": round(copy_s / exp_s, 3), "round_trip_identical": same,
-        "repeats": args.repeats, "all_seconds": {k: [round(t, 2) for t, _ in v] for k, v in results.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+                "source_bytes": nbytes,
+                "rows": rows,
+                "width": d,
+                "copy_s": round(copy_s, 2),
+                "copy_gb_s": round(nbytes / copy_s / 1e9, 3),
+                "copy_peak_rss_mib": copy_rss >> 20,
+                "import_s": round(imp_s, 2),
+                "import_gb_s": round(nbytes / imp_s / 1e9, 3),
+                "import_peak_rss_mib": imp_rss >> 20,
+                "export_s": round(exp_s, 2),
+                "export_gb_s": round(nbytes / exp_s / 1e9, 3),
+                "export_peak_rss_mib": exp_rss >> 20,
+                "import_vs_copy": round(copy_s / imp_s, 3),
+                "export_vs_copy": round(copy_s / exp_s, 3),
+                "round_trip_identical": same,
+                "repeats": args.repeats,
+                "all_seconds": {k: [round(t, 2) for t, _ in v] for k, v in results.items()},
+            }
+        )
+    )
     shutil.rmtree(root)
 
 

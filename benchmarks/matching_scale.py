@@ -36,8 +36,20 @@ def main() -> None:
     m = match(A, B)
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    print(json.dumps({"K": args.K, "d": args.d, "method": m.method, "seconds": wall, "peak_rss_GiB": peak,
-                      "stab": m.stab, "ord": m.ord}, indent=1))
+    print(
+        json.dumps(
+            {
+                "K": args.K,
+                "d": args.d,
+                "method": m.method,
+                "seconds": wall,
+                "peak_rss_GiB": peak,
+                "stab": m.stab,
+                "ord": m.ord,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import torch
 
 from osae.store import Normalizer
 from osae.train.architectures.base import SparseCode
-from osae.train.config import SAESpec, TrainConfig
 from osae.train.batches import TensorBatches
+from osae.train.config import SAESpec, TrainConfig
 from osae.train.trainer import Trainer
 
 D, K, k, B = 512, 16384, 32, 4096
@@ -48,15 +48,19 @@ def naive_prefix_loss(sae, x, pi):
 
 def step_time(spec: SAESpec, steps: int, naive: bool = False) -> float:
     cfg = TrainConfig(store="unused", out="/nonexistent", saes=[spec], tokens=B * 1000, batch_size=B, lr_warmup_steps=1)
-    tr = Trainer(cfg, TensorBatches(torch.zeros(B, D), B), d_in=D, normalizer=Normalizer("none"), meta={}, progress=False)
+    tr = Trainer(
+        cfg, TensorBatches(torch.zeros(B, D), B), d_in=D, normalizer=Normalizer("none"), meta={}, progress=False
+    )
     m = tr.members[0]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=g)
     if naive:
+
         def forward(x, ctx=None):
             out = type(m.sae).forward(m.sae, x, ctx)
             out.losses["nd"] = naive_prefix_loss(m.sae, x, m.sae.pi)
             return out
+
         m.sae.forward = forward
     tr.step = 2000
     tr._train_step(m, x)  # warm-up
@@ -84,8 +88,15 @@ def end_to_end(arch: str, steps: int, root: str = "/tmp/osae-step-bench") -> flo
         w.close()
     out = root / f"run-{arch}"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = TrainConfig(store=str(store), out=str(out), saes=[SAESpec(arch, 0, {"d_sae": K, "k": k})], tokens=B * steps,
-                      batch_size=B, buffer_bytes=2**28, checkpoint_every=10**9)
+    cfg = TrainConfig(
+        store=str(store),
+        out=str(out),
+        saes=[SAESpec(arch, 0, {"d_sae": K, "k": k})],
+        tokens=B * steps,
+        batch_size=B,
+        buffer_bytes=2**28,
+        checkpoint_every=10**9,
+    )
     t0 = time.perf_counter()
     fit(cfg, progress=False)
     return B * steps / (time.perf_counter() - t0)
@@ -113,8 +124,11 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (spec, naive) in cases.items():
             times[name].append(step_time(spec, args.steps, naive))
-    res = {"shape": {"d": D, "K": K, "k": k, "B": B}, "torch_threads": torch.get_num_threads(),
-           "seconds_per_step": {n: float(np.mean(t)) for n, t in times.items()}}
+    res = {
+        "shape": {"d": D, "K": K, "k": k, "B": B},
+        "torch_threads": torch.get_num_threads(),
+        "seconds_per_step": {n: float(np.mean(t)) for n, t in times.items()},
+    }
     ref = res["seconds_per_step"]["topk"]
     res["ratio_to_topk"] = {n: t / ref for n, t in res["seconds_per_step"].items()}
     res["end_to_end_tokens_per_s"] = {a: end_to_end(a, args.e2e_steps) for a in ("topk", "osae")}

@@ -32,8 +32,9 @@ CTX = 128
 
 def build_store(path: Path, rows: int, d: int) -> float:
     rng = np.random.default_rng(0)
-    w = StoreWriter.create(path, hooks={HOOK: hook_spec(3, d, "float16", "resid_post")}, has_tokens=True,
-                           context_size=CTX, overwrite=True)
+    w = StoreWriter.create(
+        path, hooks={HOOK: hook_spec(3, d, "float16", "resid_post")}, has_tokens=True, context_size=CTX, overwrite=True
+    )
     per = CTX - 1
     n_seq = rows // per
     rows = n_seq * per
@@ -45,8 +46,12 @@ def build_store(path: Path, rows: int, d: int) -> float:
         hi = min(lo + block, rows)
         shift = int(rng.integers(0, 4096))
         idx = np.arange(lo, hi)
-        w.write({HOOK: pool[shift : shift + hi - lo]}, tokens=(idx % 50000).astype(np.int32),
-                seq_id=(idx // per).astype(np.int64), position=(idx % per + 1).astype(np.int32))
+        w.write(
+            {HOOK: pool[shift : shift + hi - lo]},
+            tokens=(idx % 50000).astype(np.int32),
+            seq_id=(idx // per).astype(np.int64),
+            position=(idx % per + 1).astype(np.int32),
+        )
     w.close()
     return rows * d * 2 / (time.perf_counter() - t0) / 1e9
 
@@ -82,9 +87,13 @@ def shuffle_quality(store: ActivationStore, buffer_bytes: int, max_batches: int 
     all_rows = np.concatenate([np.arange(lo, hi) for lo, hi in zip(iv.lo, iv.hi)])
     perm = np.random.default_rng(0).permutation(all_rows)
     ideal = [len(np.unique(seq_of_row(perm[i : i + 4096]))) for i in range(0, 4096 * len(got), 4096)]
-    return {"buffer_MiB": buffer_bytes / 2**20, "distinct_per_batch": float(np.mean(got)),
-            "ideal_uniform": float(np.mean(ideal)), "ratio": float(np.mean(got) / np.mean(ideal)),
-            "buffer_rows": ld.n_slots}
+    return {
+        "buffer_MiB": buffer_bytes / 2**20,
+        "distinct_per_batch": float(np.mean(got)),
+        "ideal_uniform": float(np.mean(ideal)),
+        "ratio": float(np.mean(got) / np.mean(ideal)),
+        "buffer_rows": ld.n_slots,
+    }
 
 
 def topk_training(store: ActivationStore, steps: int, K: int = 16384, k: int = 32) -> dict:
@@ -114,8 +123,13 @@ def topk_training(store: ActivationStore, steps: int, K: int = 16384, k: int = 3
         loss.backward()
         opt.step()
     wall = time.perf_counter() - t0
-    return {"steps": steps, "wall_s": wall, "tokens_per_s": steps * 4096 / wall, "wait_s": waited,
-            "wait_fraction": waited / wall}
+    return {
+        "steps": steps,
+        "wall_s": wall,
+        "tokens_per_s": steps * 4096 / wall,
+        "wait_s": waited,
+        "wait_fraction": waited / wall,
+    }
 
 
 def main() -> None:
@@ -127,8 +141,10 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "bench.zarr"
-    res: dict = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-                 "torch": torch.__version__}
+    res: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+    }
     res["write_GBps"] = build_store(path, args.rows, args.d)
     store = ActivationStore(path)
     res["store_GiB"] = store.n_tokens * args.d * 2 / 2**30
@@ -143,8 +159,10 @@ def main() -> None:
     steady = lambda runs: float(np.mean([r for run in runs for r in run[1:]]))
     first = lambda runs: float(np.mean([run[0] for run in runs]))
     res["loader_vs_sequential"] = {
-        "float32_steady": steady(fp32) / seq, "float16_steady": steady(f16) / seq,
-        "float32_first_epoch": first(fp32) / seq, "float16_first_epoch": first(f16) / seq,
+        "float32_steady": steady(fp32) / seq,
+        "float16_steady": steady(f16) / seq,
+        "float32_first_epoch": first(fp32) / seq,
+        "float16_first_epoch": first(f16) / seq,
     }
     res["shuffle_quality"] = [shuffle_quality(store, b) for b in (2**28, 2**29, 2**30, 2**31)]
     res["training"] = topk_training(store, args.train_steps)

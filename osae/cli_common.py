@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import typer
 
@@ -16,7 +17,12 @@ from osae.errors import OsaeError
 log = logging.getLogger("osae")
 
 # Exceptions whose message is meant for the user. Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (OsaeError, ValueError, FileNotFoundError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (OsaeError,)
+# Operating-system failures that are the machine's state, not osae's fault: a full disk, a missing permission.
+USER_OS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+BUG_NOTE = (
+    "osae: internal error (the traceback above): this is a bug in osae, please report it with the command you ran"
+)
 
 
 class MainProcessOnly(logging.Filter):
@@ -63,13 +69,24 @@ def user_errors(fn: Callable) -> Callable:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             fail(msg, getattr(exc, "exit_code", 1))
         except OSError as exc:
-            if os.environ.get("OSAE_DEBUG"):
+            if os.environ.get("OSAE_DEBUG") or exc.errno not in USER_OS_ERRNOS:
+                _report_bug()
                 raise
             fail(f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc))
         except KeyboardInterrupt:
-            fail("interrupted; committed data is intact and the same command resumes")
+            fail("interrupted; committed data is intact and the same command resumes", 130)
+        except Exception:
+            _report_bug()
+            raise
 
     return wrapper
+
+
+def _report_bug() -> None:
+    """Say, after the traceback Python is about to print, that it is ours to fix."""
+    import atexit
+
+    atexit.register(lambda: print(BUG_NOTE, file=sys.stderr))
 
 
 def print_json(obj) -> None:

@@ -12,21 +12,26 @@ from typing import Any
 import typer
 
 from osae.config_io import read_config_file
+from osae.errors import UsageError
 
 
 def given_options(ctx: typer.Context) -> set[str]:
     """Names of the command's parameters whose value was typed on the command line (or set in the environment),
     as opposed to their defaults."""
-    return {name for name in ctx.params
-            if (src := ctx.get_parameter_source(name)) is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")}
+    return {
+        name
+        for name in ctx.params
+        if (src := ctx.get_parameter_source(name)) is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")
+    }
 
 
 def read_mapping(path: str) -> dict:
     """A `--config` file (JSON, or YAML by extension) that must hold one mapping."""
     d = read_config_file(path)
     if not isinstance(d, dict):
-        raise ValueError(f"config file {path} must hold a mapping of settings (a run's resolved config); "
-                         f"got a {type(d).__name__}")
+        raise UsageError(
+            f"config file {path} must hold a mapping of settings (a run's resolved config); got a {type(d).__name__}"
+        )
     return d
 
 

@@ -14,6 +14,8 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
+from osae.errors import MissingInputError, UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,7 @@ def known_keys(d: dict, valid: list[str], what: str, *, strict: bool = False) ->
     unknown = [k for k in d if k not in valid]
     if unknown and strict:
         names = ", ".join(repr(k) for k in unknown)
-        raise ValueError(f"unknown {what} setting{'s' if len(unknown) > 1 else ''} {names}; valid: {', '.join(valid)}")
+        raise UsageError(f"unknown {what} setting{'s' if len(unknown) > 1 else ''} {names}; valid: {', '.join(valid)}")
     if unknown:
         log.warning("ignoring unknown %s settings %s", what, sorted(unknown))
     return {k: v for k, v in d.items() if k in valid}
@@ -39,8 +41,9 @@ def _describe(tp) -> str:
         return " or ".join(_describe(a) for a in args)
     if origin in (list, tuple):
         return f"a list of {_describe(args[0])}s" if args else "a list"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def typed_value(value, tp, name: str):
@@ -56,8 +59,8 @@ def typed_value(value, tp, name: str):
                 return typed_value(value, option, name)
             except ValueError:
                 pass
-        raise ValueError(f"{name} must be {_describe(tp)}; got {value!r}")
-    bad = ValueError(f"{name} must be {_describe(tp)}; got {value!r}")
+        raise UsageError(f"{name} must be {_describe(tp)}; got {value!r}")
+    bad = UsageError(f"{name} must be {_describe(tp)}; got {value!r}")
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -80,7 +83,9 @@ def typed_value(value, tp, name: str):
         if not isinstance(value, (list, tuple)):
             raise bad
         item = args[0] if args else typing.Any
-        items = [typed_value(v, item, f"every entry of {name}") for v in value] if item is not typing.Any else list(value)
+        items = (
+            [typed_value(v, item, f"every entry of {name}") for v in value] if item is not typing.Any else list(value)
+        )
         return tuple(items) if origin is tuple else items
     return value
 
@@ -98,15 +103,15 @@ def read_config_file(path: str | Path, what: str = "config") -> dict | list:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise FileNotFoundError(f"no {what} file at {path}") from None
+        raise MissingInputError(f"no {what} file at {path}") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ValueError(f"{what} file {path} is not valid YAML ({' '.join(str(exc).split())})") from None
+            raise UsageError(f"{what} file {path} is not valid YAML ({' '.join(str(exc).split())})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} file {path} is not valid JSON ({exc})") from None
+        raise UsageError(f"{what} file {path} is not valid JSON ({exc})") from None

@@ -13,6 +13,8 @@ import os
 import signal
 from collections import Counter
 
+from osae.errors import UsageError
+
 _ENV = "OSAE_KILL_AT"
 _counts: Counter[str] = Counter()
 
@@ -23,7 +25,7 @@ def _target() -> tuple[str, int] | None:
         return None
     name, _, n = spec.rpartition(":")
     if not name or not n.isdigit() or int(n) < 1:
-        raise ValueError(f"{_ENV} must look like NAME:N with N >= 1 (e.g. store-commit:2); got {spec!r}")
+        raise UsageError(f"{_ENV} must look like NAME:N with N >= 1 (e.g. store-commit:2); got {spec!r}")
     return name, int(n)
 
 

@@ -33,8 +33,13 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
 
@@ -59,9 +64,17 @@ def build_model(vocab: int, bos: int):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     cfg = GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024,
-        rotary_pct=0.25, max_position_embeddings=2048, bos_token_id=bos, eos_token_id=bos,
-        tie_word_embeddings=False, use_parallel_residual=True,
+        vocab_size=vocab,
+        hidden_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        rotary_pct=0.25,
+        max_position_embeddings=2048,
+        bos_token_id=bos,
+        eos_token_id=bos,
+        tie_word_embeddings=False,
+        use_parallel_residual=True,
     )
     return GPTNeoXForCausalLM(cfg)
 
@@ -117,11 +130,13 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     other = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95)
+    )
     warm = 200
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    )
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(train))
     pos, epoch, log = 0, 0, []
@@ -157,11 +172,23 @@ def main() -> None:
     model.half().save_pretrained(args.out, safe_serialization=True)
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS).save_pretrained(args.out)
     report = {
-        "parameters": n_params, "vocab": tok.get_vocab_size(), "context": CTX, "steps": steps,
-        "tokens_seen": steps * args.batch * CTX, "epochs_started": epoch + 1, "training_windows": int(len(train)),
-        "heldout_loss": val_loss, "unigram_loss": uni, "seed": args.seed, "threads": args.threads,
-        "python": platform.python_version(), "torch": torch.__version__, "n_files": len(files),
-        "heldout_files": int(is_val.sum()), "wall_s": time.time() - t_start, "log": log,
+        "parameters": n_params,
+        "vocab": tok.get_vocab_size(),
+        "context": CTX,
+        "steps": steps,
+        "tokens_seen": steps * args.batch * CTX,
+        "epochs_started": epoch + 1,
+        "training_windows": int(len(train)),
+        "heldout_loss": val_loss,
+        "unigram_loss": uni,
+        "seed": args.seed,
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "n_files": len(files),
+        "heldout_files": int(is_val.sum()),
+        "wall_s": time.time() - t_start,
+        "log": log,
     }
     (args.out / "training.json").write_text(json.dumps(report, indent=1))
     write_card(args.out)
@@ -179,15 +206,15 @@ and on a new machine. It is a tool for checking the pipeline, not a research mod
 | | |
 |---|---|
 | architecture | GPT-NeoX (Pythia's): 6 layers, hidden 256, 4 heads, MLP 1024, rotary fraction 0.25, parallel residual |
-| parameters | {r['parameters']:,} (weights stored in float16; {size:.1f} MiB with the tokenizer) |
-| tokenizer | byte-level BPE, {r['vocab']} tokens, `<|endoftext|>` (id 0) as BOS, EOS and padding |
-| training text | the {r['n_files']} `.py` files of the Python {r['python']} standard library, every 50th file held out ({r['heldout_files']} files) |
-| training | {r['steps']} steps of {r['tokens_seen'] // r['steps']:,} tokens (windows of {r['context']}), {r['tokens_seen']:,} tokens seen, AdamW, bf16 autocast, seed {r['seed']}, {r['threads']} CPU thread(s), {r['wall_s'] / 60:.0f} min |
-| held-out loss | **{r['heldout_loss']:.3f}** nats/token on 512 held-out windows |
-| unigram baseline | {r['unigram_loss']:.3f} nats/token (add-one token frequencies of the training text) |
+| parameters | {r["parameters"]:,} (weights stored in float16; {size:.1f} MiB with the tokenizer) |
+| tokenizer | byte-level BPE, {r["vocab"]} tokens, `<|endoftext|>` (id 0) as BOS, EOS and padding |
+| training text | the {r["n_files"]} `.py` files of the Python {r["python"]} standard library, every 50th file held out ({r["heldout_files"]} files) |
+| training | {r["steps"]} steps of {r["tokens_seen"] // r["steps"]:,} tokens (windows of {r["context"]}), {r["tokens_seen"]:,} tokens seen, AdamW, bf16 autocast, seed {r["seed"]}, {r["threads"]} CPU thread(s), {r["wall_s"] / 60:.0f} min |
+| held-out loss | **{r["heldout_loss"]:.3f}** nats/token on 512 held-out windows |
+| unigram baseline | {r["unigram_loss"]:.3f} nats/token (add-one token frequencies of the training text) |
 
-Reproduce: `python scripts/train_default_model.py --out osae/models/stdlib-neox --steps {r['steps']} --threads {r['threads']}`
-(deterministic for a given seed, thread count and torch build; torch {r['torch']} here).
+Reproduce: `python scripts/train_default_model.py --out osae/models/stdlib-neox --steps {r["steps"]} --threads {r["threads"]}`
+(deterministic for a given seed, thread count and torch build; torch {r["torch"]} here).
 """
     (out / "README.md").write_text(card)
 

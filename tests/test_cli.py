@@ -14,8 +14,9 @@ OSAE = [sys.executable, "-m", "osae.cli"]
 
 
 def run(*args, ok=True):
-    proc = subprocess.run([*OSAE, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OSAE_DEBUG": ""})
+    proc = subprocess.run(
+        [*OSAE, *map(str, args)], capture_output=True, text=True, timeout=300, env={**os.environ, "OSAE_DEBUG": ""}
+    )
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -44,8 +45,18 @@ def test_help_works_for_every_command():
 
 def test_info_json_has_the_contract_keys(toy):
     info = json.loads(run("store", "info", toy, "--json").stdout)
-    for key in ("format_version", "n_tokens", "complete", "hooks", "model", "dataset", "context_size",
-                "nbytes", "nbytes_stored", "fingerprint"):
+    for key in (
+        "format_version",
+        "n_tokens",
+        "complete",
+        "hooks",
+        "model",
+        "dataset",
+        "context_size",
+        "nbytes",
+        "nbytes_stored",
+        "fingerprint",
+    ):
         assert key in info
     assert info["n_tokens"] == 22000 and info["complete"] is True
     assert info["hooks"]["toy"] == {"layer": None, "hook": "synthetic", "d_model": 80, "dtype": "float32"}
@@ -105,8 +116,27 @@ FIT_SMALL = ["--tokens", 1024, "--batch-size", 128, "--lr-warmup-steps", 1, "--c
 
 def test_fit_dry_run_prints_the_resolved_config_and_writes_nothing(toy, tmp_path):
     out = tmp_path / "run"
-    proc = run("fit", "--store", toy, "--out", out, "--arch", "osae", "--dict-size", 32, "--k", 3, "--seeds", "0,1",
-               "--prefix-law", "zipf", "--k-init", 8, *FIT_SMALL, "--dry-run")
+    proc = run(
+        "fit",
+        "--store",
+        toy,
+        "--out",
+        out,
+        "--arch",
+        "osae",
+        "--dict-size",
+        32,
+        "--k",
+        3,
+        "--seeds",
+        "0,1",
+        "--prefix-law",
+        "zipf",
+        "--k-init",
+        8,
+        *FIT_SMALL,
+        "--dry-run",
+    )
     cfg = json.loads(proc.stdout)
     assert not out.exists()
     assert [s["seed"] for s in cfg["saes"]] == [0, 1] and cfg["tokens"] == 1024
@@ -114,12 +144,15 @@ def test_fit_dry_run_prints_the_resolved_config_and_writes_nothing(toy, tmp_path
     assert "osae-K32-k3-s0" in proc.stderr and "d_in=80" in proc.stderr
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (["--arch", "topk", "--prefix-law", "zipf"], "--prefix-law is a setting of osae, not of topk"),
-    (["--arch", "topk", "--dict-size", 8, "--k", 9], "k=9 is larger than the dictionary size 8"),
-    (["--arch", "matryoshka", "--dict-size", 64, "--widths", "8,x"], "--widths takes comma-separated ints"),
-    (["--hook", "nope"], "nope"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--arch", "topk", "--prefix-law", "zipf"], "--prefix-law is a setting of osae, not of topk"),
+        (["--arch", "topk", "--dict-size", 8, "--k", 9], "k=9 is larger than the dictionary size 8"),
+        (["--arch", "matryoshka", "--dict-size", 64, "--widths", "8,x"], "--widths takes comma-separated ints"),
+        (["--hook", "nope"], "nope"),
+    ],
+)
 def test_a_bad_fit_setting_is_one_line_and_creates_no_run_directory(toy, tmp_path, args, pattern):
     for extra in ([], ["--dry-run"]):
         proc = run("fit", "--store", toy, "--out", tmp_path / "run", *args, *FIT_SMALL, *extra, ok=False)
@@ -131,15 +164,31 @@ def test_fit_config_of_a_run_json_reproduces_the_run(toy, tmp_path):
     run("fit", "--store", toy, "--out", tmp_path / "a", "--arch", "topk", "--dict-size", 32, "--k", 3, *FIT_SMALL)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**json.loads((tmp_path / "a" / "run.json").read_text()), "tokenz": 1}))
-    assert_one_line_error(run("fit", "--config", bad, "--out", tmp_path / "x", ok=False), "unknown run setting 'tokenz'")
+    assert_one_line_error(
+        run("fit", "--config", bad, "--out", tmp_path / "x", ok=False), "unknown run setting 'tokenz'"
+    )
     run("fit", "--config", tmp_path / "a" / "run.json", "--out", tmp_path / "b")
     a, b = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("a", "b"))
     assert {**a, "out": None} == {**b, "out": None}
     weights = [(tmp_path / d / "topk-K32-k3-s0" / "sae.safetensors").read_bytes() for d in ("a", "b")]
     assert weights[0] == weights[1]
     # Options typed on the command line replace the file's values, settings in every SAE that has them.
-    over = json.loads(run("fit", "--config", tmp_path / "a" / "run.json", "--out", tmp_path / "c", "--k", 4,
-                          "--tokens", 2048, "--seeds", "5,6", "--dry-run").stdout)
+    over = json.loads(
+        run(
+            "fit",
+            "--config",
+            tmp_path / "a" / "run.json",
+            "--out",
+            tmp_path / "c",
+            "--k",
+            4,
+            "--tokens",
+            2048,
+            "--seeds",
+            "5,6",
+            "--dry-run",
+        ).stdout
+    )
     assert over["tokens"] == 2048 and over["batch_size"] == 128
     assert [(s["seed"], s["config"]["k"]) for s in over["saes"]] == [(5, 4), (6, 4)]
     proc = run("fit", "--config", tmp_path / "a" / "run.json", "--out", tmp_path / "c", "--l1-coef", 1, ok=False)
@@ -154,5 +203,6 @@ def test_harvest_config_and_dry_run(tmp_path):
     cfg = json.loads(run("harvest", "--config", tmp_path / "h.yaml", "--tokens", 300, "--dry-run").stdout)
     assert cfg["layers"] == [2] and cfg["include_bos"] is True and cfg["tokens"] == 300
     (tmp_path / "bad.json").write_text(json.dumps({"out": "x.zarr", "layer": [1]}))
-    assert_one_line_error(run("harvest", "--config", tmp_path / "bad.json", "--dry-run", ok=False),
-                          "unknown harvest setting 'layer'")
+    assert_one_line_error(
+        run("harvest", "--config", tmp_path / "bad.json", "--dry-run", ok=False), "unknown harvest setting 'layer'"
+    )

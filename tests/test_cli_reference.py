@@ -13,4 +13,6 @@ def test_docs_fit_md_has_the_generated_settings_table():
 
     committed = (Path(__file__).parents[1] / "docs" / "fit.md").read_text()
     assert TABLE_BEGIN in committed and "`--prefix-law`" in committed
-    assert committed == with_settings_table(committed), "regenerate it: python -m osae.cli_reference --fit-md docs/fit.md"
+    assert committed == with_settings_table(committed), (
+        "regenerate it: python -m osae.cli_reference --fit-md docs/fit.md"
+    )

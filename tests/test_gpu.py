@@ -10,15 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 STEPS, BATCH = 20, 512
 
 
 def osae(*args) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OSAE_DEBUG": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "osae", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OSAE_DEBUG": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -27,9 +31,31 @@ def test_fit_on_cuda_with_bf16_autocast_loads_on_cpu(tmp_path):
     from osae.train.checkpoint import load_frozen
 
     osae("toy", "--out", tmp_path / "toy.zarr", "--n", 20000, "--n-eval", 2000)
-    osae("fit", "--store", tmp_path / "toy.zarr", "--out", tmp_path / "run", "--arch", "osae", "--dict-size", 128,
-         "--k", 5, "--seeds", "0,1", "--tokens", STEPS * BATCH, "--batch-size", BATCH, "--lr-warmup-steps", 2,
-         "--device", "cuda", "--autocast", "bf16")
+    osae(
+        "fit",
+        "--store",
+        tmp_path / "toy.zarr",
+        "--out",
+        tmp_path / "run",
+        "--arch",
+        "osae",
+        "--dict-size",
+        128,
+        "--k",
+        5,
+        "--seeds",
+        "0,1",
+        "--tokens",
+        STEPS * BATCH,
+        "--batch-size",
+        BATCH,
+        "--lr-warmup-steps",
+        2,
+        "--device",
+        "cuda",
+        "--autocast",
+        "bf16",
+    )
     for seed in (0, 1):
         ckpt = tmp_path / "run" / f"osae-K128-k5-s{seed}"
         lines = [json.loads(l) for l in (ckpt / "metrics.jsonl").read_text().splitlines()]
@@ -50,11 +76,34 @@ def test_harvest_in_float16_on_cuda_matches_a_cpu_forward(tmp_path):
     from tests.harvest.tiny import save_tiny_model, text_dir
 
     model_dir = save_tiny_model("gpt_neox", tmp_path / "model")
-    osae("harvest", "--model", model_dir, "--dataset", text_dir(tmp_path / "docs"), "--layer", 1, "--tokens", 2000,
-         "--context-size", 32, "--batch-size", 8, "--dtype", "float16", "--device", "cuda", "--out", tmp_path / "h.zarr")
+    osae(
+        "harvest",
+        "--model",
+        model_dir,
+        "--dataset",
+        text_dir(tmp_path / "docs"),
+        "--layer",
+        1,
+        "--tokens",
+        2000,
+        "--context-size",
+        32,
+        "--batch-size",
+        8,
+        "--dtype",
+        "float16",
+        "--device",
+        "cuda",
+        "--out",
+        tmp_path / "h.zarr",
+    )
     store = ActivationStore(tmp_path / "h.zarr")
     hook = "blocks.1.hook_resid_post"
-    assert store.complete and store.dtype(hook) == "float16" and store.meta["provenance"]["harvest_args"]["dtype"] == "float16"
+    assert (
+        store.complete
+        and store.dtype(hook) == "float16"
+        and store.meta["provenance"]["harvest_args"]["dtype"] == "float16"
+    )
     windows = store.array("sequences/context")[: store.n_sequences]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():

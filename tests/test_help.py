@@ -46,16 +46,26 @@ def test_permute_help_keeps_the_brackets_of_its_text():
 
 def test_fit_help_lists_every_architecture_setting_with_its_architectures():
     text = " ".join(CliRunner().invoke(app, ["fit", "--help"], terminal_width=80).output.split())
-    for option, archs in (("--prefix-law", "(osae)"), ("--k-init", "(osae)"), ("--k-warmup-steps", "(osae)"),
-                          ("--threshold-beta", "(batchtopk, matryoshka, matryoshka-random)"),
-                          ("--l1-coef", "(relu, hybridorder)"), ("--widths", "(matryoshka)")):
+    for option, archs in (
+        ("--prefix-law", "(osae)"),
+        ("--k-init", "(osae)"),
+        ("--k-warmup-steps", "(osae)"),
+        ("--threshold-beta", "(batchtopk, matryoshka, matryoshka-random)"),
+        ("--l1-coef", "(relu, hybridorder)"),
+        ("--widths", "(matryoshka)"),
+    ):
         assert option in text and archs in text, option
     assert "Architecture settings:" in text
 
 
 def test_a_real_process_at_80_columns_cuts_no_option_name():
-    proc = subprocess.run([sys.executable, "-m", "osae", "harvest", "--help"], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "80"}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "osae", "harvest", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "--trust-remote-code" in proc.stdout and "…" not in proc.stdout
 

@@ -45,17 +45,22 @@ def store_internals_imported(source: str) -> list[tuple[int, str]]:
 
 
 def test_the_checker_sees_every_kind_of_internal_import():
-    src = ("import osae.store.core.reader\nfrom osae.store.loader import ShuffledLoader\n"
-           "from osae.store import tools, ActivationStore\nfrom osae import store\n"
-           "def f():\n    from osae.store.core import commit\n")
+    src = (
+        "import osae.store.core.reader\nfrom osae.store.loader import ShuffledLoader\n"
+        "from osae.store import tools, ActivationStore\nfrom osae import store\n"
+        "def f():\n    from osae.store.core import commit\n"
+    )
     assert [line for line, _ in store_internals_imported(src)] == [1, 2, 3, 4, 6]
     fine = "from osae.store import ActivationStore, ShardWriter\nimport osae.store\nfrom osae.store.cli import app\n"
     assert store_internals_imported(fine) == []
 
 
 def test_code_outside_the_store_imports_only_its_public_api():
-    bad = [f"{p.relative_to(ROOT)}:{line}: {what}"
-           for p in OUTSIDE for line, what in store_internals_imported(p.read_text())]
+    bad = [
+        f"{p.relative_to(ROOT)}:{line}: {what}"
+        for p in OUTSIDE
+        for line, what in store_internals_imported(p.read_text())
+    ]
     assert not bad, "import these from `osae.store` (its __all__) instead:\n" + "\n".join(bad)
 
 
@@ -91,6 +96,7 @@ def _module_names() -> list[str]:
 
 def test_every_module_imports_first_on_its_own():
     """Each module imported first, with no other osae module loaded: an import cycle fails here."""
-    proc = subprocess.run([sys.executable, "-c", IMPORT_EACH, *_module_names()], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_EACH, *_module_names()], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -4,8 +4,10 @@ import os
 import subprocess
 import sys
 
-SCRIPT = ("import logging\nfrom osae.cli_common import setup_logging\nsetup_logging('INFO')\n"
-          "log = logging.getLogger('osae.test')\nlog.info('progress line')\nlog.warning('something odd')\n")
+SCRIPT = (
+    "import logging\nfrom osae.cli_common import setup_logging\nsetup_logging('INFO')\n"
+    "log = logging.getLogger('osae.test')\nlog.info('progress line')\nlog.warning('something odd')\n"
+)
 
 
 def _stderr(rank, world):

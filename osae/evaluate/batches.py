@@ -66,8 +66,16 @@ def encode_rows(sae: SAE, normalizer: Normalizer, rows: RowBatch) -> CodeBatch:
     return CodeBatch(rows, x_norm, sae.encode(x_norm), sae, normalizer)
 
 
-def iter_codes(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, split: str = "eval", *,
-               max_tokens: int | None = None, batch: int = 4096) -> Iterator[CodeBatch]:
+def iter_codes(
+    sae: SAE,
+    normalizer: Normalizer,
+    store: ActivationStore,
+    hook: str,
+    split: str = "eval",
+    *,
+    max_tokens: int | None = None,
+    batch: int = 4096,
+) -> Iterator[CodeBatch]:
     """`iter_rows` encoded by `sae`, on the device of its parameters."""
     device = next(sae.parameters()).device
     for rows in iter_rows(store, hook, split, max_tokens=max_tokens, batch=batch, device=device):

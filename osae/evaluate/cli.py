@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from osae.cli_common import user_errors
+from osae.errors import UsageError
 
 
 def _device(name: str) -> str:
@@ -22,14 +23,18 @@ def _device(name: str) -> str:
 @user_errors
 def evaluate_cmd(
     checkpoints: list[str] = typer.Argument(..., help="Checkpoint directories or run directories."),
-    store: str = typer.Option(..., "--store", help="The store the SAEs were trained on (its evaluation split is used)."),
+    store: str = typer.Option(
+        ..., "--store", help="The store the SAEs were trained on (its evaluation split is used)."
+    ),
     out: str = typer.Option(None, "--out", help="Report directory: metrics.json/.csv/.parquet, PNG plots, report.md."),
     model: str = typer.Option(None, help="Model for CE/KL (default: the one recorded in the store)."),
     no_model: bool = typer.Option(False, "--no-model", help="Skip the model-level metrics."),
     require_model: bool = typer.Option(False, help="Fail if the model cannot be loaded instead of skipping CE/KL."),
     max_tokens: int = typer.Option(1_000_000, help="Held-out tokens for reconstruction metrics."),
     lm_tokens: int = typer.Option(200_000, help="Held-out tokens for CE/KL."),
-    progressive_ce: bool = typer.Option(True, help="CE of the first G latents for G = 16, 32, ... K (one model pass per G)."),
+    progressive_ce: bool = typer.Option(
+        True, help="CE of the first G latents for G = 16, 32, ... K (one model pass per G)."
+    ),
     device: str = typer.Option("auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ) -> None:
@@ -41,9 +46,17 @@ def evaluate_cmd(
     """
     from osae.evaluate.run import _json_default, evaluate, public, write_outputs
 
-    result = evaluate(checkpoints, store, use_model=not no_model, require_model=require_model, model=model,
-                      max_tokens=max_tokens, lm_tokens=lm_tokens,
-                      progressive_ce=progressive_ce, device=_device(device))
+    result = evaluate(
+        checkpoints,
+        store,
+        use_model=not no_model,
+        require_model=require_model,
+        model=model,
+        max_tokens=max_tokens,
+        lm_tokens=lm_tokens,
+        progressive_ce=progressive_ce,
+        device=_device(device),
+    )
     if out:
         write_outputs(result, Path(out))
     if json_out:
@@ -99,10 +112,22 @@ def inspect_cmd(
     from osae.evaluate.latent_page import inspect_checkpoint
 
     if split not in ("eval", "train"):
-        raise ValueError(f"--split must be eval or train; got {split!r}")
+        raise UsageError(f"--split must be eval or train; got {split!r}")
     if top < 1 or tokens < 1 or before < 0 or after < 0:
-        raise ValueError("--top and --tokens must be positive, --before and --after non-negative")
-    result = inspect_checkpoint(checkpoint, store, out, latents=latents, max_tokens=tokens, top=top, before=before,
-                                after=after, split=split, tokenizer=tokenizer)
-    typer.echo(f"wrote {result['out']}: {result['latents']} latents ({result['dead']} never fired) "
-               f"over {result['scanned']:,} tokens")
+        raise UsageError("--top and --tokens must be positive, --before and --after non-negative")
+    result = inspect_checkpoint(
+        checkpoint,
+        store,
+        out,
+        latents=latents,
+        max_tokens=tokens,
+        top=top,
+        before=before,
+        after=after,
+        split=split,
+        tokenizer=tokenizer,
+    )
+    typer.echo(
+        f"wrote {result['out']}: {result['latents']} latents ({result['dead']} never fired) "
+        f"over {result['scanned']:,} tokens"
+    )

@@ -40,7 +40,7 @@ def prefix_curves(D_a, D_b, prefixes: list[int] | None = None) -> dict[int, dict
     """{p: {"stab", "ord"}} matching the first p atoms of each dictionary (truncate, then match)."""
     K = min(len(D_a), len(D_b))
     if prefixes is None:
-        prefixes = [p for p in (2 ** i for i in range(2, 40)) if p < K] + [K]
+        prefixes = [p for p in (2**i for i in range(2, 40)) if p < K] + [K]
     out = {}
     for p in prefixes:
         m = match(np.asarray(unit_rows(D_a))[:p], np.asarray(unit_rows(D_b))[:p])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from osae.errors import UsageError
 from osae.evaluate.top_activations import LatentSummary
 
 STYLE = """
@@ -80,21 +81,33 @@ def render_page(latents: list[LatentSummary], texts: dict[int, str], *, title: s
     body = []
     for lat in latents:
         dead = lat.fired == 0
-        stats = (f"never fired in {lat.scanned:,} tokens" if dead else
-                 f"fires on {100 * lat.rate:.3g}% of {lat.scanned:,} tokens &middot; max {lat.max_value:.3f}")
+        stats = (
+            f"never fired in {lat.scanned:,} tokens"
+            if dead
+            else f"fires on {100 * lat.rate:.3g}% of {lat.scanned:,} tokens &middot; max {lat.max_value:.3f}"
+        )
         items = []
         for ex in lat.examples:
-            spans = "".join(_token_span(texts.get(t, f"<{t}>"), a, lat.max_value, i == ex.focus)
-                            for i, (t, a) in enumerate(zip(ex.tokens, ex.activations)))
+            spans = "".join(
+                _token_span(texts.get(t, f"<{t}>"), a, lat.max_value, i == ex.focus)
+                for i, (t, a) in enumerate(zip(ex.tokens, ex.activations))
+            )
             items.append(f'<li data-row="{ex.row}"><span class="value">{ex.value:.3f}</span>{spans}</li>')
         examples = f'<ol class="examples">{"".join(items)}</ol>' if items else ""
-        body.append(f'<section class="latent{" dead" if dead else ""}" id="latent-{lat.index}" data-index="{lat.index}" '
-                    f'data-rate="{lat.rate:.6g}"><h2>Latent {lat.index}</h2><div class="stats">{stats}</div>{examples}</section>')
-    controls = ('<div class="controls"><label>Latents <input id="filter" placeholder="e.g. 12 or 0-63" size="12"></label> '
-                '<label><input type="checkbox" id="hide-dead"> hide dead</label> <span id="summary"></span></div>')
-    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>{head}</header>{controls}"
-            f"<main>{''.join(body)}</main><script>{SCRIPT}</script></body></html>\n")
+        body.append(
+            f'<section class="latent{" dead" if dead else ""}" id="latent-{lat.index}" data-index="{lat.index}" '
+            f'data-rate="{lat.rate:.6g}"><h2>Latent {lat.index}</h2>'
+            f'<div class="stats">{stats}</div>{examples}</section>'
+        )
+    controls = (
+        '<div class="controls"><label>Latents <input id="filter" placeholder="e.g. 12 or 0-63" size="12"></label> '
+        '<label><input type="checkbox" id="hide-dead"> hide dead</label> <span id="summary"></span></div>'
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>{head}</header>{controls}"
+        f"<main>{''.join(body)}</main><script>{SCRIPT}</script></body></html>\n"
+    )
 
 
 def write_page(path: Path, latents: list[LatentSummary], tokenizer, *, title: str, facts: dict[str, str]) -> Path:
@@ -107,9 +120,20 @@ def write_page(path: Path, latents: list[LatentSummary], tokenizer, *, title: st
     return path
 
 
-def inspect_checkpoint(checkpoint: str, store_url: str, out: Path, *, latents: str = "0:128", max_tokens: int = 200_000,
-                       top: int = 10, before: int = 12, after: int = 4, split: str = "eval", tokenizer: str | None = None,
-                       progress: bool = True) -> dict:
+def inspect_checkpoint(
+    checkpoint: str,
+    store_url: str,
+    out: Path,
+    *,
+    latents: str = "0:128",
+    max_tokens: int = 200_000,
+    top: int = 10,
+    before: int = 12,
+    after: int = 4,
+    split: str = "eval",
+    tokenizer: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Write the latent page of one frozen checkpoint; returns what was shown."""
     from tqdm.auto import tqdm
 
@@ -125,22 +149,41 @@ def inspect_checkpoint(checkpoint: str, store_url: str, out: Path, *, latents: s
     require_matching_store(checkpoint, sae, cfg, store)
     hook = cfg["hook"]
     chosen = parse_latent_range(latents, sae.cfg.d_sae)
-    model = (store.meta.get("provenance", {}).get("model") or {})
+    model = store.meta.get("provenance", {}).get("model") or {}
     source = tokenizer or model.get("source")
     tok = load_tokenizer(source) if source else None
     with tqdm(total=max_tokens, desc="inspect", unit="tok", unit_scale=True, disable=None if progress else True) as bar:
-        found = top_activations(sae, checkpoint_normalizer(cfg), store, hook,
-                                latents=chosen, max_tokens=max_tokens, top=top, before=before, after=after,
-                                split=split, progress=bar.update)
-    facts = {"checkpoint": str(checkpoint), "architecture": f"{cfg['architecture']}, {sae.cfg.d_sae} latents",
-             "store": store.loc.display, "hook": hook, "model": model.get("name") or "unknown",
-             "tokens scanned": f"{found[0].scanned:,} of the {split} split",
-             "latents shown": f"{chosen.start}..{chosen.stop - 1} in index order"}
+        found = top_activations(
+            sae,
+            checkpoint_normalizer(cfg),
+            store,
+            hook,
+            latents=chosen,
+            max_tokens=max_tokens,
+            top=top,
+            before=before,
+            after=after,
+            split=split,
+            progress=bar.update,
+        )
+    facts = {
+        "checkpoint": str(checkpoint),
+        "architecture": f"{cfg['architecture']}, {sae.cfg.d_sae} latents",
+        "store": store.loc.display,
+        "hook": hook,
+        "model": model.get("name") or "unknown",
+        "tokens scanned": f"{found[0].scanned:,} of the {split} split",
+        "latents shown": f"{chosen.start}..{chosen.stop - 1} in index order",
+    }
     if tok is None:
         facts["note"] = "no tokenizer recorded in the store: tokens are shown as ids"
     write_page(out, found, tok, title=f"Latents of {Path(checkpoint).name}", facts=facts)
-    return {"out": str(out), "latents": len(found), "dead": sum(lat.fired == 0 for lat in found),
-            "scanned": found[0].scanned}
+    return {
+        "out": str(out),
+        "latents": len(found),
+        "dead": sum(lat.fired == 0 for lat in found),
+        "scanned": found[0].scanned,
+    }
 
 
 def parse_latent_range(text: str, d_sae: int) -> range:
@@ -152,7 +195,7 @@ def parse_latent_range(text: str, d_sae: int) -> range:
         else:
             r = range(int(text), int(text) + 1)
     except ValueError:
-        raise ValueError(f"--latents must look like 0:128 or 7; got {text!r}") from None
+        raise UsageError(f"--latents must look like 0:128 or 7; got {text!r}") from None
     if not 0 <= r.start < r.stop <= d_sae:
-        raise ValueError(f"--latents {text} is outside the SAE's {d_sae} latents")
+        raise UsageError(f"--latents {text} is outside the SAE's {d_sae} latents")
     return r

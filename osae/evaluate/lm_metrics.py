@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from osae.errors import UsageError
 from osae.harvest.hooks import find_blocks
 from osae.store import ActivationStore, Normalizer, split_intervals
 from osae.train.architectures import SAE
@@ -24,8 +25,10 @@ def eval_windows(store: ActivationStore, max_tokens: int) -> np.ndarray:
     """Token windows of whole evaluation sequences, up to about `max_tokens` tokens."""
     if not store.has_tokens or "sequences/context" not in store.group:
         what = "no token ids" if not store.has_tokens else "no sequence windows"
-        raise ValueError(f"{store.loc.display} has {what} (imported without them?); CE and KL need the token windows "
-                         f"of a harvested store or of an import from sequence-shaped data")
+        raise UsageError(
+            f"{store.loc.display} has {what} (imported without them?); CE and KL need the token windows "
+            f"of a harvested store or of an import from sequence-shaped data"
+        )
     iv = split_intervals(store, "eval")
     ctx = store.array("sequences/context")
     budget = max(1, max_tokens // max(1, store.context_size or 1))
@@ -37,7 +40,7 @@ def eval_windows(store: ActivationStore, max_tokens: int) -> np.ndarray:
             break
     seqs = np.concatenate(found)[:budget] if found else np.empty(0, np.int64)
     if not len(seqs):
-        raise ValueError(f"{store.loc.display} has an empty evaluation split")
+        raise UsageError(f"{store.loc.display} has an empty evaluation split")
     return ctx.oindex[seqs, :]
 
 
@@ -47,11 +50,13 @@ def splice(model, hook: str, layer: int, replace):
     blocks, _, attn, mlp = find_blocks(model)
     block = blocks[layer]
     if hook == "resid_pre":
+
         def pre(mod, args, kwargs):
             if args:
                 return (replace(args[0]), *args[1:]), kwargs
             kwargs["hidden_states"] = replace(kwargs["hidden_states"])
             return args, kwargs
+
         handle = block.register_forward_pre_hook(pre, with_kwargs=True)
     else:
         target = block if hook == "resid_post" else getattr(block, attn if hook == "attn_out" else mlp)
@@ -60,6 +65,7 @@ def splice(model, hook: str, layer: int, replace):
             if isinstance(output, tuple):
                 return (replace(output[0]), *output[1:])
             return replace(output)
+
         handle = target.register_forward_hook(post)
     try:
         yield
@@ -74,6 +80,7 @@ def _clean_pass(model, ids: torch.Tensor, hook: str, layer: int) -> tuple[torch.
     def keep(x):
         seen.append(x.clone())  # a copy: some models update the block output in place later in the pass
         return x
+
     with splice(model, hook, layer, keep):
         logits = model(input_ids=ids, use_cache=False).logits.float()
     return logits, seen[0]
@@ -90,9 +97,18 @@ def _kl_sum(logp_clean: torch.Tensor, logits: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def lm_metrics(model, sae: SAE, normalizer: Normalizer, store: ActivationStore, hook_name: str, *,
-               max_tokens: int = 200_000, batch: int = 16, include_bos: bool = False,
-               granularities: list[int] | None = None) -> dict:
+def lm_metrics(
+    model,
+    sae: SAE,
+    normalizer: Normalizer,
+    store: ActivationStore,
+    hook_name: str,
+    *,
+    max_tokens: int = 200_000,
+    batch: int = 16,
+    include_bos: bool = False,
+    granularities: list[int] | None = None,
+) -> dict:
     """CE clean / spliced / ablated, CE recovered and KL; with `granularities`, also the CE of the
     reconstruction from the first G latents of the full code (progressive coding, methods.md 4.9)."""
     info = store.hooks[hook_name]
@@ -108,7 +124,7 @@ def lm_metrics(model, sae: SAE, normalizer: Normalizer, store: ActivationStore, 
     for s in range(0, len(windows), batch):
         w = windows[s : s + batch]
         if (w < 0).any():
-            raise ValueError("padded evaluation windows are not supported yet for model-level metrics")
+            raise UsageError("padded evaluation windows are not supported yet for model-level metrics")
         ids = torch.from_numpy(w).long().to(device)
         clean, x = _clean_pass(model, ids, hook, layer)
         part = x[:, first:].float()
@@ -134,12 +150,18 @@ def lm_metrics(model, sae: SAE, normalizer: Normalizer, store: ActivationStore, 
 
     def recovered(ce_value):
         return (m["ce_zero"] - ce_value) / denom if denom > 0 else None
+
     out = {
-        "ce_loss_clean": m["ce_clean"], "ce_loss_spliced": m["ce_sae"], "ce_loss_ablated": m["ce_zero"],
-        "ce_loss_mean_ablated": m["ce_mean"], "delta_ce": m["ce_sae"] - m["ce_clean"],
+        "ce_loss_clean": m["ce_clean"],
+        "ce_loss_spliced": m["ce_sae"],
+        "ce_loss_ablated": m["ce_zero"],
+        "ce_loss_mean_ablated": m["ce_mean"],
+        "delta_ce": m["ce_sae"] - m["ce_clean"],
         "ce_loss_recovered": recovered(m["ce_sae"]),
-        "kl": m["kl_sae"], "kl_score": (m["kl_zero"] - m["kl_sae"]) / m["kl_zero"] if m["kl_zero"] > 0 else None,
-        "lm_tokens": n, "lm_windows": len(windows),
+        "kl": m["kl_sae"],
+        "kl_score": (m["kl_zero"] - m["kl_sae"]) / m["kl_zero"] if m["kl_zero"] > 0 else None,
+        "lm_tokens": n,
+        "lm_windows": len(windows),
     }
     if granularities:
         prog = {g: m[f"ce_g{g}"] for g in grans} | {sae.cfg.d_sae: m["ce_sae"]}

@@ -31,7 +31,10 @@ class Matching:
         n = len(self.rows)
         if n < 2:
             return float("nan")
-        if len(np.unique(self.rows)) == n and np.array_equal(np.sort(self.rows), np.arange(n)) and \
-                np.array_equal(np.sort(self.cols), np.arange(n)):
+        if (
+            len(np.unique(self.rows)) == n
+            and np.array_equal(np.sort(self.rows), np.arange(n))
+            and np.array_equal(np.sort(self.cols), np.arange(n))
+        ):
             return float(1 - 6 * np.sum((self.rows - self.cols) ** 2) / (n * (n**2 - 1)))
         return float(spearmanr(self.rows, self.cols).statistic)  # unequal sizes: rank-transformed

@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from osae.errors import UsageError
 from osae.evaluate.batches import checkpoint_normalizer, iter_codes
 from osae.store import ActivationStore, Normalizer
 from osae.train.checkpoint import load_frozen, save_frozen
 
 
 @torch.no_grad()
-def importance(sae, normalizer: Normalizer, store: ActivationStore, hook: str, by: str, max_tokens: int,
-               batch: int = 4096) -> np.ndarray:
+def importance(
+    sae, normalizer: Normalizer, store: ActivationStore, hook: str, by: str, max_tokens: int, batch: int = 4096
+) -> np.ndarray:
     d_sae = sae.cfg.d_sae
     ea2 = torch.zeros(d_sae, dtype=torch.float64)
     fired = torch.zeros(d_sae, dtype=torch.float64)
@@ -29,24 +31,33 @@ def importance(sae, normalizer: Normalizer, store: ActivationStore, hook: str, b
         fired += b.code.fire_counts(d_sae).double().cpu()
         n += len(b)
     if n == 0:
-        raise ValueError(f"{store.loc.display} has no training rows to calibrate the ordering on")
+        raise UsageError(f"{store.loc.display} has no training rows to calibrate the ordering on")
     return ((ea2 if by == "ea2" else fired) / n).numpy()
 
 
 def permute_checkpoint(checkpoint, store_url: str, out, *, by: str = "ea2", max_tokens: int = 1_000_000) -> dict:
     if by not in ("ea2", "freq"):
-        raise ValueError(f"--by must be ea2 or freq; got {by!r}")
+        raise UsageError(f"--by must be ea2 or freq; got {by!r}")
     sae, cfg = load_frozen(checkpoint)
     store = ActivationStore(store_url)
     hook = cfg["hook"]
     if hook not in store.hooks or store.d_model(hook) != sae.cfg.d_in:
-        raise ValueError(f"{store.loc.display} does not hold hook '{hook}' with d_in={sae.cfg.d_in}; pass the training store")
+        raise UsageError(
+            f"{store.loc.display} does not hold hook '{hook}' with d_in={sae.cfg.d_in}; pass the training store"
+        )
     score = importance(sae, checkpoint_normalizer(cfg), store, hook, by, max_tokens)
     perm = np.lexsort((np.arange(len(score)), -score))  # decreasing score, ties by original index
     sae.permute_(torch.from_numpy(perm))
-    meta = {k: v for k, v in cfg.items() if k not in ("format_version", "osae_version", "architecture", "d_in", "d_sae",
-                                                      "arch_config", "weights_sha256")}
-    meta["permuted"] = {"by": by, "from": str(checkpoint), "calibration_tokens": int(max_tokens),
-                        "permutation": perm.tolist()}
+    meta = {
+        k: v
+        for k, v in cfg.items()
+        if k not in ("format_version", "osae_version", "architecture", "d_in", "d_sae", "arch_config", "weights_sha256")
+    }
+    meta["permuted"] = {
+        "by": by,
+        "from": str(checkpoint),
+        "calibration_tokens": int(max_tokens),
+        "permutation": perm.tolist(),
+    }
     save_frozen(sae, Path(out), meta)
     return {"out": str(out), "by": by, "moved": int((perm != np.arange(len(perm))).sum())}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from osae.errors import UsageError
 from osae.evaluate.batches import CodeBatch, iter_codes, reconstruct
 from osae.store import ActivationStore, Normalizer, load_rows
 from osae.train.architectures import SAE
@@ -42,7 +43,7 @@ class Accumulator:
         self.n += len(b)
         s = x64.sum(0).cpu()
         self.sum_x = s if self.sum_x is None else self.sum_x + s
-        self.sum_sq += float((x64 ** 2).sum())
+        self.sum_sq += float((x64**2).sum())
         self.sse += float(((x64 - r64) ** 2).sum())
         denom = x64.norm(dim=1) * r64.norm(dim=1)
         self.cos += float(torch.where(denom > 0, (x64 * r64).sum(1) / denom.clamp_min(1e-30), 0).sum())
@@ -55,27 +56,41 @@ class Accumulator:
 
     def result(self, d_in: int) -> dict:
         n = max(self.n, 1)
-        total_var = self.sum_sq - float((self.sum_x ** 2).sum()) / n
+        total_var = self.sum_sq - float((self.sum_x**2).sum()) / n
         freq = self.fired / n
         return {
             "n_tokens": self.n,
-            "mse": self.sse / (n * d_in), "sse_per_token": self.sse / n, "fvu": self.sse / total_var,
-            "explained_variance": 1 - self.sse / total_var, "cosine": self.cos / n, "l0": self.l0 / n, "l1": self.l1 / n,
-            "dead_fraction": float((self.fired == 0).mean()), "dense_fraction": float((freq > 0.1).mean()),
+            "mse": self.sse / (n * d_in),
+            "sse_per_token": self.sse / n,
+            "fvu": self.sse / total_var,
+            "explained_variance": 1 - self.sse / total_var,
+            "cosine": self.cos / n,
+            "l0": self.l0 / n,
+            "l1": self.l1 / n,
+            "dead_fraction": float((self.fired == 0).mean()),
+            "dense_fraction": float((freq > 0.1).mean()),
             "frequent_fraction": float((freq > 0.01).mean()),
             "progressive_fvu": {int(g): v / total_var for g, v in self.sse_g.items()},
-            "freq": freq, "ea2": self.ea2 / n,
+            "freq": freq,
+            "ea2": self.ea2 / n,
         }
 
 
 def default_granularities(d_sae: int) -> list[int]:
-    return [g for g in (2 ** i for i in range(4, 40)) if g < d_sae] + [d_sae]
+    return [g for g in (2**i for i in range(4, 40)) if g < d_sae] + [d_sae]
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *,
-                           max_tokens: int = 1_000_000, batch: int = 4096,
-                           granularities: list[int] | None = None) -> dict:
+def reconstruction_metrics(
+    sae: SAE,
+    normalizer: Normalizer,
+    store: ActivationStore,
+    hook: str,
+    *,
+    max_tokens: int = 1_000_000,
+    batch: int = 4096,
+    granularities: list[int] | None = None,
+) -> dict:
     """Metrics of one SAE on the store's evaluation split, reported in the store's original units (computed on
     the device of the SAE's parameters)."""
     grans = granularities if granularities is not None else default_granularities(sae.cfg.d_sae)
@@ -83,7 +98,7 @@ def reconstruction_metrics(sae: SAE, normalizer: Normalizer, store: ActivationSt
     for b in iter_codes(sae, normalizer, store, hook, "eval", max_tokens=max_tokens, batch=batch):
         acc.add(b)
     if acc.n == 0:
-        raise ValueError(f"{store.loc.display} has an empty evaluation split; evaluate needs held-out rows")
+        raise UsageError(f"{store.loc.display} has an empty evaluation split; evaluate needs held-out rows")
     return acc.result(store.d_model(hook))
 
 
@@ -101,8 +116,16 @@ def power_law(values: np.ndarray) -> dict:
 
 
 @torch.no_grad()
-def rsa(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *, n: int = 1000, repeats: int = 5,
-        seed: int = 0) -> dict:
+def rsa(
+    sae: SAE,
+    normalizer: Normalizer,
+    store: ActivationStore,
+    hook: str,
+    *,
+    n: int = 1000,
+    repeats: int = 5,
+    seed: int = 0,
+) -> dict:
     """Representational similarity (methods.md 4.8): Spearman correlation between the upper triangles of the
     1 - cos dissimilarity matrices of x and x_hat, over `repeats` disjoint samples of n held-out tokens."""
     from scipy.stats import spearmanr
@@ -117,8 +140,10 @@ def rsa(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *, 
     for i in range(repeats):
         x = x_all[order[i * per : (i + 1) * per]]
         x_hat = reconstruct(sae, normalizer, x)
+
         def rdm(v):
             u = torch.nn.functional.normalize(v.double(), dim=1)
             return (1 - u @ u.T).numpy()[iu]
+
         values.append(spearmanr(rdm(x), rdm(x_hat)).statistic)
     return {"rsa": float(np.mean(values)), "rsa_std": float(np.std(values)), "rsa_n": per}

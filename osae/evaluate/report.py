@@ -92,7 +92,11 @@ def progressive_plot(result: dict, out: Path) -> Path | None:
             if clean:
                 ax.axhline(clean[0], color="black", linestyle="--", linewidth=1, label="clean model")
         ax.set_xscale("log", base=2)
-        ax.set(xlabel="latents kept (first G)", ylabel=panels[key], title=f"Progressive coding: {panels[key].split(' ')[0]}")
+        ax.set(
+            xlabel="latents kept (first G)",
+            ylabel=panels[key],
+            title=f"Progressive coding: {panels[key].split(' ')[0]}",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -135,23 +139,34 @@ def matching_scatter(pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def write_report(result: dict, out: Path, figures: list[Path]) -> Path:
-    lines = ["# SAE evaluation\n", f"Store: `{result['store']}`\n", "## Per SAE\n",
-             "| SAE | FVU | cosine | L0 | dead | CE recovered | KL | power-law exponent (R^2) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# SAE evaluation\n",
+        f"Store: `{result['store']}`\n",
+        "## Per SAE\n",
+        "| SAE | FVU | cosine | L0 | dead | CE recovered | KL | power-law exponent (R^2) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     fmt = lambda v, p=3: "n/a" if v is None else f"{v:.{p}f}"
     for name, m in sorted(result["saes"].items()):
-        lines.append(f"| {name} | {fmt(m['fvu'])} | {fmt(m['cosine'])} | {fmt(m['l0'], 1)} | {fmt(m['dead_fraction'])} | "
-                     f"{fmt(m.get('ce_loss_recovered'))} | {fmt(m.get('kl'))} | {fmt(m.get('power_law_exponent'), 2)} "
-                     f"({fmt(m.get('power_law_r2'), 2)}) |")
+        lines.append(
+            f"| {name} | {fmt(m['fvu'])} | {fmt(m['cosine'])} | {fmt(m['l0'], 1)} | {fmt(m['dead_fraction'])} | "
+            f"{fmt(m.get('ce_loss_recovered'))} | {fmt(m.get('kl'))} | {fmt(m.get('power_law_exponent'), 2)} "
+            f"({fmt(m.get('power_law_r2'), 2)}) |"
+        )
     if result["pairs"]:
         lines += ["\n## Seed pairs\n", "| pair | Stab | Ord | Stab_Z | Ord_Z |", "|---|---|---|---|---|"]
         for p in result["pairs"]:
-            lines.append(f"| {p['a']} / {p['b']} | {fmt(p['stab'])} | {fmt(p['ord'])} | {fmt(p.get('stab_z'))} | {fmt(p.get('ord_z'))} |")
+            lines.append(
+                f"| {p['a']} / {p['b']} | {fmt(p['stab'])} | {fmt(p['ord'])} | "
+                f"{fmt(p.get('stab_z'))} | {fmt(p.get('ord_z'))} |"
+            )
     if result.get("stitching"):
         lines += ["\n## Stitching\n", "| small -> large | novel | reconstruction | no change |", "|---|---|---|---|"]
         for s in result["stitching"]:
-            lines.append(f"| {s['small']} -> {s['large']} | {fmt(s['novel_fraction'])} | {fmt(s['reconstruction_fraction'])} | "
-                         f"{fmt(s['no_change_fraction'])} |")
+            lines.append(
+                f"| {s['small']} -> {s['large']} | {fmt(s['novel_fraction'])} | {fmt(s['reconstruction_fraction'])} | "
+                f"{fmt(s['no_change_fraction'])} |"
+            )
     lines.append("")
     for f in figures:
         lines.append(f"![{f.stem}]({f.name})\n")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from osae.errors import CheckpointError
+from osae.errors import CheckpointError, UsageError
 from osae.evaluate.batches import checkpoint_normalizer, encode_rows
 from osae.evaluate.consistency import CodeCorrelation, match, prefix_curves
 from osae.evaluate.reconstruction import (
@@ -52,11 +52,15 @@ def require_matching_store(path, sae, cfg: dict, store: ActivationStore) -> None
     """Refuse a checkpoint whose hook or width the store does not have."""
     hook = cfg.get("hook")
     if hook not in store.hooks:
-        raise CheckpointError(f"{path} was trained on hook '{hook}', which {store.loc.display} does not hold "
-                              f"(it has {sorted(store.hooks)}); pass the matching store")
+        raise CheckpointError(
+            f"{path} was trained on hook '{hook}', which {store.loc.display} does not hold "
+            f"(it has {sorted(store.hooks)}); pass the matching store"
+        )
     if store.d_model(hook) != sae.cfg.d_in:
-        raise CheckpointError(f"store at {store.loc.display} has d_in={store.d_model(hook)} but {path} expects "
-                              f"{sae.cfg.d_in}; pass the matching store or retrain")
+        raise CheckpointError(
+            f"store at {store.loc.display} has d_in={store.d_model(hook)} but {path} expects "
+            f"{sae.cfg.d_in}; pass the matching store or retrain"
+        )
 
 
 def _seed_family(name: str) -> str:
@@ -65,10 +69,21 @@ def _seed_family(name: str) -> str:
     return re.sub(r"-s\d+$", "", name)
 
 
-def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, require_model: bool = False,
-             model: str | None = None, max_tokens: int = 1_000_000, lm_tokens: int = 200_000,
-             z_tokens: int = 100_000, z_max_latents: int = 8192, progressive_ce: bool = True,
-             device: str = "cpu", progress: bool = True) -> dict:
+def evaluate(
+    paths: list[str],
+    store_url: str,
+    *,
+    use_model: bool = True,
+    require_model: bool = False,
+    model: str | None = None,
+    max_tokens: int = 1_000_000,
+    lm_tokens: int = 200_000,
+    z_tokens: int = 100_000,
+    z_max_latents: int = 8192,
+    progressive_ce: bool = True,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     store = ActivationStore(store_url)
     ckpts = find_checkpoints(paths)
     notes: dict[str, str] = {}
@@ -81,15 +96,20 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
     gt = store.ground_truth()
     saes = {}
     figures = {"ea2": {}, "freq": {}, "matchings": {}}  # arrays for the plots, not part of the JSON
-    for name, (sae, cfg, norm) in tqdm(loaded.items(), desc="evaluate SAEs", unit="SAE", disable=None if progress else True):
+    for name, (sae, cfg, norm) in tqdm(
+        loaded.items(), desc="evaluate SAEs", unit="SAE", disable=None if progress else True
+    ):
         rec = reconstruction_metrics(sae, norm, store, cfg["hook"], max_tokens=max_tokens)
         entry = {k: v for k, v in rec.items() if k not in ("freq", "ea2")}
         figures["ea2"][name] = rec["ea2"]
         figures["freq"][name] = rec["freq"]
         ea2 = power_law(rec["ea2"])
-        entry.update(power_law_exponent=ea2["exponent"], power_law_r2=ea2["r2"],
-                     power_law_freq=power_law(rec["freq"]),
-                     power_law_decoder_spectrum=power_law(torch.linalg.svdvals(sae.W_dec.detach().double()).pow(2).numpy()))
+        entry.update(
+            power_law_exponent=ea2["exponent"],
+            power_law_r2=ea2["r2"],
+            power_law_freq=power_law(rec["freq"]),
+            power_law_decoder_spectrum=power_law(torch.linalg.svdvals(sae.W_dec.detach().double()).pow(2).numpy()),
+        )
         entry.update(rsa(sae, norm, store, cfg["hook"]))
         entry.update(architecture=cfg["architecture"], d_sae=sae.cfg.d_sae, hook=cfg["hook"], step=cfg.get("step"))
         lm_keys = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_ablated", "ce_loss_recovered", "kl")
@@ -115,8 +135,16 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
         Da, Db = loaded[a][0].W_dec, loaded[b][0].W_dec
         m = match(Da, Db)
         figures["matchings"].setdefault(_seed_family(a), (m.rows, m.cols, m.cosines))
-        entry = {"a": a, "b": b, "stab": m.stab, "ord": m.ord, "matching": m.method, "stab_z": None, "ord_z": None,
-                 "prefix": prefix_curves(Da, Db)}
+        entry = {
+            "a": a,
+            "b": b,
+            "stab": m.stab,
+            "ord": m.ord,
+            "matching": m.method,
+            "stab_z": None,
+            "ord_z": None,
+            "prefix": prefix_curves(Da, Db),
+        }
         if max(loaded[a][0].cfg.d_sae, loaded[b][0].cfg.d_sae) <= z_max_latents:
             mz = code_correlation(loaded[a], loaded[b], store, z_tokens, device).match()
             entry.update(stab_z=mz.stab, ord_z=mz.ord)
@@ -134,8 +162,14 @@ def evaluate(paths: list[str], store_url: str, *, use_model: bool = True, requir
             stitched.append({"small": small[0], "large": large[0], **r})
         except ValueError as exc:
             notes[f"stitching.{small[0]}.{large[0]}"] = str(exc)
-    return {"store": store.loc.display, "saes": saes, "pairs": pairs, "stitching": stitched, "notes": notes,
-            "_figures": figures}
+    return {
+        "store": store.loc.display,
+        "saes": saes,
+        "pairs": pairs,
+        "stitching": stitched,
+        "notes": notes,
+        "_figures": figures,
+    }
 
 
 @torch.no_grad()
@@ -158,7 +192,7 @@ def _load_lm(store: ActivationStore, model: str | None, use_model: bool, require
     if not source:
         notes["lm"] = "the store names no model (not harvested by osae); pass --model to compute CE and KL"
         if require:
-            raise ValueError(notes["lm"])
+            raise UsageError(notes["lm"])
         return None
     from osae.harvest.models import load_model
 
@@ -190,8 +224,12 @@ def write_outputs(result: dict, out: Path) -> None:
     figures = result.get("_figures", {})
     result = public(result)
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
-    made = [prefix_plot(result, out), progressive_plot(result, out), power_law_plot(figures.get("ea2", {}), out),
-            matching_scatter(figures.get("matchings", {}), out)]
+    made = [
+        prefix_plot(result, out),
+        progressive_plot(result, out),
+        power_law_plot(figures.get("ea2", {}), out),
+        matching_scatter(figures.get("matchings", {}), out),
+    ]
     write_report(result, out, [f for f in made if f is not None])
     rows = {"sae": [], "metric": [], "value": []}
     for name, entry in result["saes"].items():
@@ -199,7 +237,9 @@ def write_outputs(result: dict, out: Path) -> None:
             if isinstance(val, (int, float)) and not isinstance(val, bool):
                 rows["sae"].append(name), rows["metric"].append(key), rows["value"].append(float(val))
             elif key in ("progressive_fvu", "progressive_ce", "progressive_ce_recovered"):
-                label = {"progressive_fvu": "fvu", "progressive_ce": "ce", "progressive_ce_recovered": "ce_recovered"}[key]
+                label = {"progressive_fvu": "fvu", "progressive_ce": "ce", "progressive_ce_recovered": "ce_recovered"}[
+                    key
+                ]
                 for g, v in val.items():
                     if v is not None:
                         rows["sae"].append(name), rows["metric"].append(f"{label}@{g}"), rows["value"].append(float(v))

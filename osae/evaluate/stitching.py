@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from osae.errors import UsageError
 from osae.evaluate.batches import checkpoint_normalizer, encode_rows, reconstruct
 from osae.store import ActivationStore, Normalizer, iter_rows
 
@@ -26,14 +27,16 @@ def atoms_in_store_units(sae, normalizer: Normalizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def stitching(small, large, store: ActivationStore, hook: str, *, max_tokens: int = 1_000_000, batch: int = 4096) -> dict:
+def stitching(
+    small, large, store: ActivationStore, hook: str, *, max_tokens: int = 1_000_000, batch: int = 4096
+) -> dict:
     """Stitching fractions of `large` into `small`, each a (sae, checkpoint config) pair."""
     (sae_s, cfg_s), (sae_l, cfg_l) = small, large
     norm_s, norm_l = checkpoint_normalizer(cfg_s), checkpoint_normalizer(cfg_l)
     K = sae_l.cfg.d_sae
     device = next(sae_l.parameters()).device
     atoms = atoms_in_store_units(sae_l, norm_l)  # z^L_j (L's own units) times atoms[j] = j's contribution
-    norms2 = (atoms ** 2).sum(1)
+    norms2 = (atoms**2).sum(1)
     sq = torch.zeros(K, dtype=torch.float64, device=device)
     cross = torch.zeros(K, dtype=torch.float64, device=device)
     sse_s, n = 0.0, 0
@@ -42,18 +45,31 @@ def stitching(small, large, store: ActivationStore, hook: str, *, max_tokens: in
         code = encode_rows(sae_l, norm_l, rows).code
         sq += code.sum_sq(K) * norms2
         cross += (code.dense(K).double() * (e_s @ atoms.T)).sum(0)
-        sse_s += float((e_s ** 2).sum())
+        sse_s += float((e_s**2).sum())
         n += len(rows)
     if n == 0:
-        raise ValueError(f"{store.loc.display} has an empty evaluation split")
+        raise UsageError(f"{store.loc.display} has an empty evaluation split")
     d_mse = (sq - 2 * cross).cpu().numpy() / n
     tol = 1e-9 * sse_s / n
     novel, recon = d_mse < -tol, d_mse > tol
-    cos = (torch.nn.functional.normalize(sae_l.W_dec.double(), dim=1)
-           @ torch.nn.functional.normalize(sae_s.W_dec.double(), dim=1).T).max(1).values.cpu().numpy()
+    cos = (
+        (
+            torch.nn.functional.normalize(sae_l.W_dec.double(), dim=1)
+            @ torch.nn.functional.normalize(sae_s.W_dec.double(), dim=1).T
+        )
+        .max(1)
+        .values.cpu()
+        .numpy()
+    )
     heuristic = cos < 0.7
-    return {"novel_fraction": float(novel.mean()), "reconstruction_fraction": float(recon.mean()),
-            "no_change_fraction": float((~novel & ~recon).mean()), "never_fired_fraction": float((sq.cpu().numpy() == 0).mean()),
-            "cosine_heuristic_novel_fraction": float(heuristic.mean()),
-            "heuristic_agreement": float((heuristic == novel).mean()), "tokens": n, "d_sae_small": sae_s.cfg.d_sae,
-            "d_sae_large": K}
+    return {
+        "novel_fraction": float(novel.mean()),
+        "reconstruction_fraction": float(recon.mean()),
+        "no_change_fraction": float((~novel & ~recon).mean()),
+        "never_fired_fraction": float((sq.cpu().numpy() == 0).mean()),
+        "cosine_heuristic_novel_fraction": float(heuristic.mean()),
+        "heuristic_agreement": float((heuristic == novel).mean()),
+        "tokens": n,
+        "d_sae_small": sae_s.cfg.d_sae,
+        "d_sae_large": K,
+    }

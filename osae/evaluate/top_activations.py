@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from osae.errors import UsageError
 from osae.evaluate.batches import iter_codes
 from osae.store import ActivationStore, Normalizer, to_float32
 from osae.train.architectures import SAE
@@ -41,12 +42,25 @@ class LatentSummary:
 
 
 @torch.no_grad()
-def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, hook: str, *, latents: range,
-                    max_tokens: int = 200_000, top: int = 10, before: int = 12, after: int = 4,
-                    split: str = "eval", batch: int = 2048, progress=None) -> list[LatentSummary]:
+def top_activations(
+    sae: SAE,
+    normalizer: Normalizer,
+    store: ActivationStore,
+    hook: str,
+    *,
+    latents: range,
+    max_tokens: int = 200_000,
+    top: int = 10,
+    before: int = 12,
+    after: int = 4,
+    split: str = "eval",
+    batch: int = 2048,
+    progress=None,
+) -> list[LatentSummary]:
     if not store.has_tokens:
-        raise ValueError(f"{store.loc.display} holds no token ids (imported activations?); inspect needs the tokens "
-                         f"to show contexts")
+        raise UsageError(
+            f"{store.loc.display} holds no token ids (imported activations?); inspect needs the tokens to show contexts"
+        )
     lo, hi = latents.start, latents.stop
     device = next(sae.parameters()).device
     n_lat = hi - lo
@@ -68,7 +82,7 @@ def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, ho
         if progress is not None:
             progress(len(b))
     if scanned == 0:
-        raise ValueError(f"{store.loc.display} has no rows in its {split} split; inspect needs some")
+        raise UsageError(f"{store.loc.display} has no rows in its {split} split; inspect needs some")
     wanted: dict[int, list[tuple[int, int]]] = {}  # row -> [(latent column, rank)]
     for col in range(n_lat):
         for rank in range(top):
@@ -101,8 +115,12 @@ def top_activations(sae: SAE, normalizer: Normalizer, store: ActivationStore, ho
                 last = min(int(pos[i]) + after, max(window))
                 positions = [p for p in range(first, last + 1) if p in window]
                 examples[(col, rank)] = Example(
-                    row=r, value=float(best_vals[rank, col]), tokens=[window[p] for p in positions],
-                    activations=[by_pos.get(p) for p in positions], focus=positions.index(int(pos[i])))
+                    row=r,
+                    value=float(best_vals[rank, col]),
+                    tokens=[window[p] for p in positions],
+                    activations=[by_pos.get(p) for p in positions],
+                    focus=positions.index(int(pos[i])),
+                )
     out = []
     for col in range(n_lat):
         ex = [examples[(col, rank)] for rank in range(top) if (col, rank) in examples]

@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 from osae.config_io import known_fields, typed_fields
+from osae.errors import UsageError
 from osae.harvest.hooks import HOOKS
 from osae.harvest.sources import STDLIB
 from osae.harvest.windows import WINDOW_MODES
@@ -13,8 +14,20 @@ from osae.harvest.windows import WINDOW_MODES
 log = logging.getLogger(__name__)
 
 # The arguments that define a store's content: a re-run with the same values resumes, others are refused.
-IDENTITY = ("model_source", "revision", "hook", "layers", "context_size", "dataset", "text_column", "split",
-            "windows", "include_bos", "tokens", "store_dtype")
+IDENTITY = (
+    "model_source",
+    "revision",
+    "hook",
+    "layers",
+    "context_size",
+    "dataset",
+    "text_column",
+    "split",
+    "windows",
+    "include_bos",
+    "tokens",
+    "store_dtype",
+)
 
 
 @dataclass
@@ -65,23 +78,23 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         self.layers = sorted(set(int(x) for x in self.layers))
         if not self.layers:
-            raise ValueError("give at least one --layer")
+            raise UsageError("give at least one --layer")
         if min(self.layers) < 0:
-            raise ValueError(f"--layer must be >= 0; got {min(self.layers)}")
+            raise UsageError(f"--layer must be >= 0; got {min(self.layers)}")
         if self.hook not in HOOKS:
-            raise ValueError(f"unknown hook '{self.hook}'; choose from {', '.join(HOOKS)}")
+            raise UsageError(f"unknown hook '{self.hook}'; choose from {', '.join(HOOKS)}")
         if self.tokens <= 0:
-            raise ValueError(f"--tokens must be positive; got {self.tokens}")
+            raise UsageError(f"--tokens must be positive; got {self.tokens}")
         if self.context_size < 2:
-            raise ValueError(f"--context-size must be at least 2; got {self.context_size}")
+            raise UsageError(f"--context-size must be at least 2; got {self.context_size}")
         if self.batch_size <= 0:
-            raise ValueError(f"--batch-size must be positive; got {self.batch_size}")
+            raise UsageError(f"--batch-size must be positive; got {self.batch_size}")
         if self.windows not in WINDOW_MODES:
-            raise ValueError(f"--windows must be one of {', '.join(WINDOW_MODES)}; got {self.windows!r}")
+            raise UsageError(f"--windows must be one of {', '.join(WINDOW_MODES)}; got {self.windows!r}")
         if self.store_dtype not in ("auto", "float16", "bfloat16", "float32"):
-            raise ValueError(f"--store-dtype must be auto, float16, bfloat16 or float32; got {self.store_dtype!r}")
+            raise UsageError(f"--store-dtype must be auto, float16, bfloat16 or float32; got {self.store_dtype!r}")
         if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"--eval-fraction must be in [0, 1); got {self.eval_fraction}")
+            raise UsageError(f"--eval-fraction must be in [0, 1); got {self.eval_fraction}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,10 +104,10 @@ class HarvestConfig:
         """From `to_dict`'s form. `strict` (a config the user gives: `--config FILE`): unknown keys are errors
         and values must have their fields' types; otherwise unknown keys are ignored with a warning."""
         if not isinstance(d, dict):
-            raise ValueError(f"a harvest config must be a mapping of settings; got {type(d).__name__}")
+            raise UsageError(f"a harvest config must be a mapping of settings; got {type(d).__name__}")
         d = known_fields(cls, d, "harvest", strict=strict)
         if strict:
             d = typed_fields(cls, d, "harvest")
         if "out" not in d:
-            raise ValueError("a harvest config needs out, the store to write (--out)")
+            raise UsageError("a harvest config needs out, the store to write (--out)")
         return cls(**d)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from osae.errors import UsageError
+
 HOOKS = ("resid_post", "resid_pre", "attn_out", "mlp_out")
 
 # model_type -> (path of the block list, attention contribution module, MLP contribution module)
@@ -62,8 +64,10 @@ def find_blocks(model: torch.nn.Module) -> tuple[torch.nn.ModuleList, str, str |
         n = n or getattr(model.config, key, None)
     candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
     if not candidates:
-        raise ValueError(f"cannot locate the block list of {type(model).__name__} (model_type '{mtype}'); "
-                         f"supported: {', '.join(sorted(ARCHITECTURES))}")
+        raise UsageError(
+            f"cannot locate the block list of {type(model).__name__} (model_type '{mtype}'); "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
     path, blocks = candidates[0]
     children = [name for name, _ in blocks[0].named_children()]
     attn = next((c for c in children if "attn" in c or "attention" in c), None)
@@ -86,11 +90,11 @@ def capture(model: torch.nn.Module, points: list[HookPoint]):
     n = len(blocks)
     for p in points:
         if p.hook not in HOOKS:
-            raise ValueError(f"unknown hook '{p.hook}'; choose from {', '.join(HOOKS)}")
+            raise UsageError(f"unknown hook '{p.hook}'; choose from {', '.join(HOOKS)}")
         if not 0 <= p.layer < n:
-            raise ValueError(f"layer {p.layer} is out of range: this model has layers 0..{n - 1}")
+            raise UsageError(f"layer {p.layer} is out of range: this model has layers 0..{n - 1}")
         if p.hook == "attn_out" and attn_name is None or p.hook == "mlp_out" and mlp_name is None:
-            raise ValueError(f"cannot find the {p.hook} module in {type(model).__name__}")
+            raise UsageError(f"cannot find the {p.hook} module in {type(model).__name__}")
     out: dict[str, torch.Tensor] = {}
     wanted = {p.name for p in points}
     # The forward stops at the end of the deepest block needed (or at its start if only resid_pre there).
@@ -105,17 +109,23 @@ def capture(model: torch.nn.Module, points: list[HookPoint]):
     for p in points:
         block = blocks[p.layer]
         if p.hook == "resid_post":
+
             def post(mod, args, output, name=p.name):
                 out[name] = _first_tensor(output)
+
             handles.append(block.register_forward_hook(post))
         elif p.hook == "resid_pre":
+
             def pre(mod, args, kwargs, name=p.name):
                 out[name] = args[0] if args else kwargs["hidden_states"]
+
             handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
         else:
             sub = getattr(block, attn_name if p.hook == "attn_out" else mlp_name)
+
             def sub_hook(mod, args, output, name=p.name):
                 out[name] = _first_tensor(output)
+
             handles.append(sub.register_forward_hook(sub_hook))
     if stop_pre:
         handles.append(blocks[last.layer].register_forward_pre_hook(lambda m, a, k: done(), with_kwargs=True))

@@ -12,14 +12,22 @@ from pathlib import Path
 
 import torch
 
+from osae.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "osae-stdlib"
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "models" / "stdlib-neox"
 
 ALIASES = {
-    **{f"pythia-{s}": f"EleutherAI/pythia-{s}" for s in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
-    **{f"pythia-{s}-deduped": f"EleutherAI/pythia-{s}-deduped" for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
+    **{
+        f"pythia-{s}": f"EleutherAI/pythia-{s}"
+        for s in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+    },
+    **{
+        f"pythia-{s}-deduped": f"EleutherAI/pythia-{s}-deduped"
+        for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+    },
     "gemma-2-2b": "google/gemma-2-2b",
     "gemma-2-9b": "google/gemma-2-9b",
     "gpt2": "openai-community/gpt2",
@@ -44,15 +52,22 @@ class LoadedModel:
     def describe(self) -> dict:
         cfg = self.model.config
         return {
-            "name": self.name, "source": self.source, "revision": self.revision, "dtype": str(self.dtype).replace("torch.", ""),
-            "architecture": (cfg.architectures or [type(self.model).__name__])[0], "model_type": cfg.model_type,
-            "n_layers": n_layers(self.model), "d_model": int(cfg.hidden_size),
+            "name": self.name,
+            "source": self.source,
+            "revision": self.revision,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "architecture": (cfg.architectures or [type(self.model).__name__])[0],
+            "model_type": cfg.model_type,
+            "n_layers": n_layers(self.model),
+            "d_model": int(cfg.hidden_size),
         }
 
 
 def offline_choices() -> str:
-    return (f"offline choices: the embedded default (omit --model, or --model {EMBEDDED_NAME}) or a local "
-            f"model directory (--model /path/to/model)")
+    return (
+        f"offline choices: the embedded default (omit --model, or --model {EMBEDDED_NAME}) or a local "
+        f"model directory (--model /path/to/model)"
+    )
 
 
 def resolve_model_name(name: str | None) -> str:
@@ -64,10 +79,12 @@ def resolve_model_name(name: str | None) -> str:
     if Path(name).expanduser().exists():
         return str(Path(name).expanduser().resolve())
     if name.startswith((".", "/", "~")):
-        raise ValueError(f"no model directory at {name}; {offline_choices()}")
+        raise UsageError(f"no model directory at {name}; {offline_choices()}")
     if name.count("/") != 1:
-        raise ValueError(f"unknown model '{name}': not an alias ({', '.join(sorted(ALIASES))}), "
-                         f"a local directory or a hub id like org/name")
+        raise UsageError(
+            f"unknown model '{name}': not an alias ({', '.join(sorted(ALIASES))}), "
+            f"a local directory or a hub id like org/name"
+        )
     return name
 
 
@@ -77,15 +94,15 @@ def pick_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return dev
 
 
 def pick_dtype(dtype: str, device: torch.device, config_dtype) -> torch.dtype:
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+        raise UsageError(f"--dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
     if DTYPES[dtype] is not None:
         return DTYPES[dtype]
     if device.type == "cpu":
@@ -95,8 +112,14 @@ def pick_dtype(dtype: str, device: torch.device, config_dtype) -> torch.dtype:
     return config_dtype if config_dtype in (torch.float16, torch.bfloat16) else torch.float32
 
 
-def load_model(name: str | None, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
-               trust_remote_code: bool = False) -> LoadedModel:
+def load_model(
+    name: str | None,
+    *,
+    revision: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode. Errors name the offline choices."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -109,8 +132,9 @@ def load_model(name: str | None, *, revision: str | None = None, dtype: str = "a
         # Without this, the hub client retries for about half a minute before failing; cached models still load.
         go_offline()
     if source == str(EMBEDDED_DIR) and not (EMBEDDED_DIR / "config.json").exists():
-        raise ValueError(f"the embedded model is missing from {EMBEDDED_DIR}; reinstall osae or run "
-                         f"scripts/train_default_model.py")
+        raise UsageError(
+            f"the embedded model is missing from {EMBEDDED_DIR}; reinstall osae or run scripts/train_default_model.py"
+        )
     try:
         config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
         torch_dtype = pick_dtype(dtype, dev, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
@@ -121,10 +145,13 @@ def load_model(name: str | None, *, revision: str | None = None, dtype: str = "a
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         if "trust_remote_code" in str(exc):
-            raise ValueError(f"model '{name}' needs custom code from its repository; pass --trust-remote-code "
-                             f"if you trust it") from None
+            raise UsageError(
+                f"model '{name}' needs custom code from its repository; pass --trust-remote-code if you trust it"
+            ) from None
         where = "local directory" if is_local else "the Hugging Face hub"
-        raise ValueError(f"cannot load model '{name or EMBEDDED_NAME}' from {where} ({first}); {offline_choices()}") from None
+        raise UsageError(
+            f"cannot load model '{name or EMBEDDED_NAME}' from {where} ({first}); {offline_choices()}"
+        ) from None
     model.to(dev).eval()
     model.requires_grad_(False)
     resolved = getattr(config, "_commit_hash", None) if not is_local else None
@@ -142,7 +169,9 @@ def load_tokenizer(name: str | None, *, revision: str | None = None, trust_remot
         return AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load the tokenizer of '{name or EMBEDDED_NAME}' ({first}); {offline_choices()}") from None
+        raise UsageError(
+            f"cannot load the tokenizer of '{name or EMBEDDED_NAME}' ({first}); {offline_choices()}"
+        ) from None
 
 
 def n_layers(model) -> int:
@@ -150,7 +179,7 @@ def n_layers(model) -> int:
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if getattr(cfg, key, None):
             return int(getattr(cfg, key))
-    raise ValueError(f"cannot tell how many layers {type(model).__name__} has")
+    raise UsageError(f"cannot tell how many layers {type(model).__name__} has")
 
 
 def hub_offline() -> bool:

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from osae.distributed import broadcast, gather, init_distributed
-from osae.errors import StoreError
+from osae.errors import StoreError, UsageError
 from osae.harvest.config import IDENTITY, HarvestConfig
 from osae.harvest.hooks import HookPoint, capture, find_blocks, run_to_hooks
 from osae.harvest.models import LoadedModel, load_model
@@ -51,8 +51,13 @@ class Plan:
 
 
 def _identity(cfg: HarvestConfig, lm: LoadedModel, source_desc: dict, store_dtype: str) -> dict:
-    values = {**cfg.to_dict(), "model_source": lm.source, "revision": lm.revision, "dataset": source_desc,
-              "store_dtype": store_dtype}
+    values = {
+        **cfg.to_dict(),
+        "model_source": lm.source,
+        "revision": lm.revision,
+        "dataset": source_desc,
+        "store_dtype": store_dtype,
+    }
     return {k: values[k] for k in IDENTITY}
 
 
@@ -68,8 +73,9 @@ def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
     return x.to(getattr(torch, dtype)).cpu().numpy()
 
 
-def _open_or_create(cfg: HarvestConfig, identity: dict, hooks: dict, plan: Plan,
-                    provenance: dict) -> ShardWriter | StoreWriter:
+def _open_or_create(
+    cfg: HarvestConfig, identity: dict, hooks: dict, plan: Plan, provenance: dict
+) -> ShardWriter | StoreWriter:
     """Rank 0: a writer on a fresh store, or on the interrupted store of an identical earlier run. Packed
     windows are written shard by shard (`ShardWriter`), document windows through the buffered `StoreWriter`."""
     writer_type = ShardWriter if cfg.windows == "packed" else StoreWriter
@@ -81,16 +87,24 @@ def _open_or_create(cfg: HarvestConfig, identity: dict, hooks: dict, plan: Plan,
             raise StoreError(f"{where} exists and was not written by osae harvest; pass --overwrite to replace it")
         diff = [_difference(k, before.get(k), identity[k]) for k in IDENTITY if before.get(k) != identity[k]]
         if diff:
-            raise StoreError(f"{where} was harvested with other arguments ({'; '.join(diff)}); "
-                             f"pass --overwrite to replace it or choose another --out")
+            raise StoreError(
+                f"{where} was harvested with other arguments ({'; '.join(diff)}); "
+                f"pass --overwrite to replace it or choose another --out"
+            )
         if store.complete:
             raise _AlreadyComplete(store.n_tokens)
         log.info("resuming %s at %d committed tokens", where, store.n_tokens)
         return writer_type.resume(cfg.out)
     return writer_type.create(
-        cfg.out, hooks=hooks, has_tokens=True, context_size=cfg.context_size, provenance=provenance,
-        compressor=cfg.compressor, expected_rows=plan.total_rows if cfg.windows == "packed" else cfg.tokens,
-        split={"rule": "hash-chunks", "eval_fraction": cfg.eval_fraction, "seed": 0}, overwrite=cfg.overwrite,
+        cfg.out,
+        hooks=hooks,
+        has_tokens=True,
+        context_size=cfg.context_size,
+        provenance=provenance,
+        compressor=cfg.compressor,
+        expected_rows=plan.total_rows if cfg.windows == "packed" else cfg.tokens,
+        split={"rule": "hash-chunks", "eval_fraction": cfg.eval_fraction, "seed": 0},
+        overwrite=cfg.overwrite,
     )
 
 
@@ -114,14 +128,15 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict:
     device = cfg.device
     if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-    lm = load_model(cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device,
-                    trust_remote_code=cfg.trust_remote_code)
+    lm = load_model(
+        cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code
+    )
     n_blocks = len(find_blocks(lm.model)[0])
     bad = [layer for layer in cfg.layers if layer >= n_blocks]
     if bad:
-        raise ValueError(f"layer {bad[0]} is out of range: {lm.name} has layers 0..{n_blocks - 1}")
+        raise UsageError(f"layer {bad[0]} is out of range: {lm.name} has layers 0..{n_blocks - 1}")
     if world > 1 and cfg.windows != "packed":
-        raise ValueError("--windows document runs in one process; use packed windows with several processes")
+        raise UsageError("--windows document runs in one process; use packed windows with several processes")
     points = [HookPoint(cfg.hook, layer) for layer in cfg.layers]
     source = resolve_source(cfg.dataset, text_column=cfg.text_column, split=cfg.split, config=cfg.dataset_config)
     documents = _non_empty(source.documents(), source.name)  # fails here, before any store is created
@@ -136,12 +151,21 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict:
     hooks = {p.name: hook_spec(p.layer, d_model, store_dtype, p.hook) for p in points}
     identity = _identity(cfg, lm, source_desc, store_dtype)
     provenance = {
-        "model": lm.describe(), "dataset": source_desc, "tokenizer": {
-            "name": getattr(lm.tokenizer, "name_or_path", None), "vocab_size": len(lm.tokenizer),
-            "bos_token_id": specials.bos, "eos_token_id": specials.eos, "pad_token_id": specials.pad},
+        "model": lm.describe(),
+        "dataset": source_desc,
+        "tokenizer": {
+            "name": getattr(lm.tokenizer, "name_or_path", None),
+            "vocab_size": len(lm.tokenizer),
+            "bos_token_id": specials.bos,
+            "eos_token_id": specials.eos,
+            "pad_token_id": specials.pad,
+        },
         "bos": "stored" if cfg.include_bos or not has_bos else "excluded (position 0 of every window)",
-        "padding": "never stored", "windows": cfg.windows, "harvest_args": cfg.to_dict(),
-        "harvest_identity": identity, "processes": world,
+        "padding": "never stored",
+        "windows": cfg.windows,
+        "harvest_args": cfg.to_dict(),
+        "harvest_identity": identity,
+        "processes": world,
     }
 
     writer = None
@@ -167,8 +191,9 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict:
     try:
         windows = iter_windows(lm.tokenizer, documents, cfg.context_size, cfg.windows)
         if cfg.windows == "packed":
-            _run_packed(cfg, lm, points, windows, plan, writer, shared["committed"], rank, world, store_dtype,
-                        has_bos, progress)
+            _run_packed(
+                cfg, lm, points, windows, plan, writer, shared["committed"], rank, world, store_dtype, has_bos, progress
+            )
         else:
             _run_document(cfg, lm, points, windows, writer, store_dtype, has_bos, progress)
         if rank == 0:
@@ -191,7 +216,7 @@ def _non_empty(documents: Iterator[str], name: str) -> Iterator[str]:
             break
         skipped += 1
     else:
-        raise ValueError(f"dataset {name} holds no text ({skipped} empty documents)")
+        raise UsageError(f"dataset {name} holds no text ({skipped} empty documents)")
 
     def chained():
         yield doc
@@ -200,8 +225,9 @@ def _non_empty(documents: Iterator[str], name: str) -> Iterator[str]:
     return chained()
 
 
-def _forward_rows(lm: LoadedModel, points, batch: np.ndarray, positions: list[np.ndarray], store_dtype: str,
-                  cache: dict) -> dict[str, list[np.ndarray]]:
+def _forward_rows(
+    lm: LoadedModel, points, batch: np.ndarray, positions: list[np.ndarray], store_dtype: str, cache: dict
+) -> dict[str, list[np.ndarray]]:
     """Stored rows of every hook for a batch of windows (padding as the pad token, masked out)."""
     padded = bool((batch < 0).any())
     ids = torch.from_numpy(np.where(batch >= 0, batch, 0) if padded else batch).long().to(lm.device)
@@ -210,7 +236,9 @@ def _forward_rows(lm: LoadedModel, points, batch: np.ndarray, positions: list[np
     try:
         acts = run_to_hooks(lm.model, ids, cache, attention_mask=mask)
     except torch.cuda.OutOfMemoryError:
-        raise ValueError(f"out of GPU memory with --batch-size {len(batch)}; try --batch-size {max(1, len(batch) // 2)}") from None
+        raise UsageError(
+            f"out of GPU memory with --batch-size {len(batch)}; try --batch-size {max(1, len(batch) // 2)}"
+        ) from None
     same = all(len(p) == len(positions[0]) and p[0] == positions[0][0] for p in positions)
     out = {}
     for p in points:
@@ -220,7 +248,9 @@ def _forward_rows(lm: LoadedModel, points, batch: np.ndarray, positions: list[np
             rows = _to_storage(a[:, first : first + n].reshape(-1, a.shape[-1]), store_dtype)
             out[p.name] = np.split(rows, len(batch))
         else:
-            out[p.name] = [_to_storage(a[i, torch.from_numpy(pos).long()], store_dtype) for i, pos in enumerate(positions)]
+            out[p.name] = [
+                _to_storage(a[i, torch.from_numpy(pos).long()], store_dtype) for i, pos in enumerate(positions)
+            ]
     return out
 
 
@@ -234,8 +264,9 @@ def _window_batches(windows: Iterator[np.ndarray], wanted: Iterator[tuple[int, i
                 try:
                     window = next(windows)
                 except StopIteration:
-                    raise ValueError(f"the dataset ran out after {index + 1} windows; ask for fewer --tokens "
-                                     f"or give more text") from None
+                    raise UsageError(
+                        f"the dataset ran out after {index + 1} windows; ask for fewer --tokens or give more text"
+                    ) from None
                 index += 1
             pending.append((w, window))
             if len(pending) == batch_size:
@@ -247,8 +278,20 @@ def _window_batches(windows: Iterator[np.ndarray], wanted: Iterator[tuple[int, i
         yield None  # end of this range
 
 
-def _run_packed(cfg, lm, points, windows, plan: Plan, writer: ShardWriter | None, committed: int, rank: int,
-                world: int, store_dtype: str, has_bos: bool, progress: bool) -> None:
+def _run_packed(
+    cfg,
+    lm,
+    points,
+    windows,
+    plan: Plan,
+    writer: ShardWriter | None,
+    committed: int,
+    rank: int,
+    world: int,
+    store_dtype: str,
+    has_bos: bool,
+    progress: bool,
+) -> None:
     # Every rank writes its own shards; rank 0, which holds the writer, commits each round.
     sink = writer.sink() if rank == 0 else ShardSink.open(cfg.out)
     S, R = sink.shard_rows, plan.rows_per_window
@@ -263,14 +306,23 @@ def _run_packed(cfg, lm, points, windows, plan: Plan, writer: ShardWriter | None
             yield lo // R, -(-hi // R)
 
     batches = _window_batches(windows, shard_windows(), cfg.batch_size)
-    bar = tqdm(total=plan.total_rows, initial=committed, unit="tok", unit_scale=True, desc="harvest",
-               disable=None if progress and rank == 0 else True, smoothing=0.1)
+    bar = tqdm(
+        total=plan.total_rows,
+        initial=committed,
+        unit="tok",
+        unit_scale=True,
+        desc="harvest",
+        disable=None if progress and rank == 0 else True,
+        smoothing=0.1,
+    )
     with _closing(bar), capture(lm.model, points) as store_cache:
         for j in range(n_rounds):
             k = first + j * world + rank
             payload = None
             if k < n_shards:
-                payload = _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, sink)
+                payload = _compute_shard(
+                    k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, sink
+                )
             payloads = [p for p in gather(payload, world) if p is not None]
             if rank == 0:
                 done = min(plan.total_rows, (first + (j + 1) * world) * S)
@@ -293,8 +345,9 @@ class _closing:
         self.bar.close()
 
 
-def _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos,
-                   sink: ShardSink) -> ShardPayload:
+def _compute_shard(
+    k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, sink: ShardSink
+) -> ShardPayload:
     lo, hi = k * S, min((k + 1) * S, plan.total_rows)
     w_lo = lo // R
     acts = {p.name: [] for p in points}
@@ -321,15 +374,24 @@ def _compute_shard(k, S, R, plan, cfg, lm, points, batches, store_cache, store_d
     data["tokens"] = np.concatenate(tokens)[cut].astype(np.int32)
     data["seq_id"] = np.concatenate(seq_ids)[cut]
     data["position"] = np.concatenate(positions)[cut].astype(np.int32)
-    return sink.write_shard(k, data, seq_starts=np.asarray(starts, np.int64),
-                            seq_context=np.stack(contexts) if contexts else None)
+    return sink.write_shard(
+        k, data, seq_starts=np.asarray(starts, np.int64), seq_context=np.stack(contexts) if contexts else None
+    )
 
 
-def _run_document(cfg, lm, points, windows, writer: StoreWriter, store_dtype: str, has_bos: bool, progress: bool) -> None:
+def _run_document(
+    cfg, lm, points, windows, writer: StoreWriter, store_dtype: str, has_bos: bool, progress: bool
+) -> None:
     """One process: variable rows per window through the buffered writer; resume skips committed rows."""
     skip = writer.committed
-    bar = tqdm(total=cfg.tokens, initial=min(skip, cfg.tokens), unit="tok", unit_scale=True, desc="harvest",
-               disable=None if progress else True)
+    bar = tqdm(
+        total=cfg.tokens,
+        initial=min(skip, cfg.tokens),
+        unit="tok",
+        unit_scale=True,
+        desc="harvest",
+        disable=None if progress else True,
+    )
     row = 0
     w_index = -1
     with _closing(bar), capture(lm.model, points) as cache:
@@ -346,8 +408,12 @@ def _run_document(cfg, lm, points, windows, writer: StoreWriter, store_dtype: st
                 if drop < n:
                     if drop == 0:
                         writer.add_sequences(np.array([row]), window[None])
-                    writer.write({name: rows[name][i][drop:] for name in rows}, tokens=window[ps][drop:],
-                                 seq_id=np.full(n - drop, w, np.int64), position=ps[drop:])
+                    writer.write(
+                        {name: rows[name][i][drop:] for name in rows},
+                        tokens=window[ps][drop:],
+                        seq_id=np.full(n - drop, w, np.int64),
+                        position=ps[drop:],
+                    )
                     bar.update(n - drop)
                 row += n
 
@@ -369,6 +435,6 @@ def _run_document(cfg, lm, points, windows, writer: StoreWriter, store_dtype: st
             if batch:
                 flush(batch)
             if row == 0:
-                raise ValueError("the dataset ran out after 0 windows: it holds no text")
+                raise UsageError("the dataset ran out after 0 windows: it holds no text")
             if row < cfg.tokens:
                 log.warning("the dataset ran out after %d tokens (asked for %d)", row, cfg.tokens)

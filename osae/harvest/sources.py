@@ -12,10 +12,11 @@ import logging
 import os
 import sys
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
+from osae.errors import MissingInputError, UsageError
 from osae.store import file_sha256
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,14 @@ class TextSource:
         return out
 
 
-def resolve_source(dataset: str, *, text_column: str = "text", split: str = "train",
-                   config: str | None = None, revision: str | None = None) -> TextSource:
+def resolve_source(
+    dataset: str,
+    *,
+    text_column: str = "text",
+    split: str = "train",
+    config: str | None = None,
+    revision: str | None = None,
+) -> TextSource:
     """`python-stdlib`, a local file or directory (.txt/.jsonl/.parquet), or a Hugging Face dataset id."""
     if dataset == STDLIB:
         return TextSource("stdlib", STDLIB, files=stdlib_files())
@@ -75,13 +82,13 @@ def resolve_source(dataset: str, *, text_column: str = "text", split: str = "tra
     if path.exists():
         files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES) if path.is_dir() else [path]
         if not files:
-            raise ValueError(f"{dataset} holds no {'/'.join(LOCAL_SUFFIXES)} files")
+            raise UsageError(f"{dataset} holds no {'/'.join(LOCAL_SUFFIXES)} files")
         bad = [p for p in files if p.suffix not in LOCAL_SUFFIXES]
         if bad:
-            raise ValueError(f"{bad[0]} is not a .txt, .jsonl or .parquet file")
+            raise UsageError(f"{bad[0]} is not a .txt, .jsonl or .parquet file")
         return TextSource("files", str(path), text_column=text_column, files=files)
     if dataset.startswith((".", "/", "~")) or os.sep in dataset and not _looks_like_hub_id(dataset):
-        raise FileNotFoundError(f"no dataset at {dataset}: the path does not exist")
+        raise MissingInputError(f"no dataset at {dataset}: the path does not exist")
     return TextSource("hub", dataset, text_column=text_column, split=split, config=config, revision=revision)
 
 
@@ -99,14 +106,16 @@ def _read_local(path: Path, column: str) -> Iterator[str]:
                     continue
                 row = json.loads(line)
                 if column not in row:
-                    raise ValueError(f"{path} line {i + 1} has no '{column}' field (it has {sorted(row)}); pass --text-column")
+                    raise UsageError(
+                        f"{path} line {i + 1} has no '{column}' field (it has {sorted(row)}); pass --text-column"
+                    )
                 yield str(row[column])
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
         if column not in pf.schema_arrow.names:
-            raise ValueError(f"{path} has no column '{column}' (it has {pf.schema_arrow.names}); pass --text-column")
+            raise UsageError(f"{path} has no column '{column}' (it has {pf.schema_arrow.names}); pass --text-column")
         for batch in pf.iter_batches(columns=[column], batch_size=1024):
             yield from (str(t) for t in batch.column(0).to_pylist() if t is not None)
 
@@ -115,7 +124,7 @@ def _read_hub(src: TextSource) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
-        raise ValueError("Hugging Face datasets need the `datasets` package: pip install datasets") from None
+        raise UsageError("Hugging Face datasets need the `datasets` package: pip install datasets") from None
     from osae.harvest.models import go_offline, hub_offline, hub_reachable
 
     offline = hub_offline()
@@ -130,13 +139,15 @@ def _read_hub(src: TextSource) -> Iterator[str]:
     try:
         ds = datasets.load_dataset(src.name, src.config, split=src.split, streaming=True, revision=src.revision)
     except Exception as exc:  # the hub client raises many types; all mean "cannot get this dataset"
-        raise ValueError(
+        raise UsageError(
             f"cannot load dataset '{src.name}' from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:150]}); "
             f"offline, use --dataset python-stdlib or local .txt/.jsonl/.parquet files"
         ) from None
     first = True
     for row in ds:
         if first and src.text_column not in row:
-            raise ValueError(f"dataset '{src.name}' has no column '{src.text_column}' (it has {sorted(row)}); pass --text-column")
+            raise UsageError(
+                f"dataset '{src.name}' has no column '{src.text_column}' (it has {sorted(row)}); pass --text-column"
+            )
         first = False
         yield str(row[src.text_column])

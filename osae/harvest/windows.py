@@ -10,10 +10,12 @@ Windows are numbered from 0 in a fixed order, so a resumed or multi-process harv
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
+
+from osae.errors import UsageError
 
 WINDOW_MODES = ("packed", "document")
 
@@ -25,7 +27,7 @@ class SpecialTokens:
     pad: int | None
 
     @classmethod
-    def of(cls, tokenizer) -> "SpecialTokens":
+    def of(cls, tokenizer) -> SpecialTokens:
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return cls(bos, tokenizer.eos_token_id, pad)
@@ -45,9 +47,9 @@ def _token_batches(tokenizer, documents: Iterable[str], batch: int = 64) -> Iter
 def iter_windows(tokenizer, documents: Iterable[str], context_size: int, mode: str = "packed") -> Iterator[np.ndarray]:
     """Yield int32 windows of `context_size` tokens; in `document` mode shorter ones end in -1 padding."""
     if mode not in WINDOW_MODES:
-        raise ValueError(f"windows must be one of {WINDOW_MODES}; got {mode!r}")
+        raise UsageError(f"windows must be one of {WINDOW_MODES}; got {mode!r}")
     if context_size < 2:
-        raise ValueError(f"context_size must be at least 2; got {context_size}")
+        raise UsageError(f"context_size must be at least 2; got {context_size}")
     sp = SpecialTokens.of(tokenizer)
     lead = [sp.bos] if sp.bos is not None else []
     body = context_size - len(lead)

@@ -1,7 +1,8 @@
 """The Zarr v3 activation store: its public API. Code outside `osae.store` imports from here only.
 
 Reading: `ActivationStore` (open any URL; committed rows only), `store_exists`, `iter_split_rows` (committed
-rows of a split, in order, as stored), `iter_rows` / `load_rows` (the same as float32 torch batches), `to_float32` / `to_torch` (stored dtype -> compute dtype), `Normalizer`
+rows of a split, in order, as stored), `iter_rows` / `load_rows` (the same as float32 torch batches),
+`to_float32` / `to_torch` (stored dtype -> compute dtype), `Normalizer`
 (training units <-> store units), `ShuffledLoader` + `LoaderConfig` (the resumable shuffled stream),
 `split_intervals`, `store_fingerprint` (content hash of the committed rows).
 Writing: `hook_spec` describes a hook; `StoreWriter` appends rows in any sizes from one process;
@@ -31,8 +32,31 @@ from osae.store.tools import copy as copy_store
 from osae.store.tools import info as store_info
 from osae.store.tools import verify as verify_store
 
-__all__ = ["ActivationStore", "LoaderConfig", "NORMALIZATIONS", "Normalizer", "RowBatch", "iter_rows", "load_rows",
-           "ShardPayload", "ShardSink",
-           "ShardWriter", "ShuffledLoader", "SplitIntervals", "StoreWriter", "copy_store", "export_rows",
-           "file_sha256", "hook_spec", "import_activations", "iter_split_rows", "split_intervals", "store_exists",
-           "store_fingerprint", "store_info", "to_float32", "to_torch", "verify_store"]
+__all__ = [
+    "ActivationStore",
+    "LoaderConfig",
+    "NORMALIZATIONS",
+    "Normalizer",
+    "RowBatch",
+    "iter_rows",
+    "load_rows",
+    "ShardPayload",
+    "ShardSink",
+    "ShardWriter",
+    "ShuffledLoader",
+    "SplitIntervals",
+    "StoreWriter",
+    "copy_store",
+    "export_rows",
+    "file_sha256",
+    "hook_spec",
+    "import_activations",
+    "iter_split_rows",
+    "split_intervals",
+    "store_exists",
+    "store_fingerprint",
+    "store_info",
+    "to_float32",
+    "to_torch",
+    "verify_store",
+]

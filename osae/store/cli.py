@@ -48,8 +48,10 @@ def info_cmd(
     typer.echo(f"dataset      {meta['dataset']}")
     typer.echo(f"context      {meta['context_size']}  token ids: {'yes' if meta['has_tokens'] else 'no'}")
     ratio = f"{meta['compression_ratio']:.3f}" if meta["compression_ratio"] else "unknown"
-    typer.echo(f"size         {_human(meta['nbytes'])} of rows, {_human(meta['nbytes_stored'])} stored "
-               f"(ratio {ratio}, compressor {meta['compressor']})")
+    typer.echo(
+        f"size         {_human(meta['nbytes'])} of rows, {_human(meta['nbytes_stored'])} stored "
+        f"(ratio {ratio}, compressor {meta['compressor']})"
+    )
     typer.echo(f"layout       chunks of {meta['chunk_rows']} rows, shards of {meta['shard_rows']} rows")
     typer.echo(f"split        train {meta['split']['train_tokens']:,} / eval {meta['split']['eval_tokens']:,} tokens")
     typer.echo(f"fingerprint  {meta['fingerprint']}")
@@ -101,8 +103,10 @@ def copy_cmd(
         print_json(report)
     else:
         same = "same content" if report["same_content"] else "CONTENT DIFFERS"
-        typer.echo(f"copied {report['n_tokens']:,} tokens to {dst}: verify {'ok' if report['ok'] else 'FAILED'}, {same} "
-                   f"(fingerprint {report['fingerprint']})")
+        typer.echo(
+            f"copied {report['n_tokens']:,} tokens to {dst}: verify {'ok' if report['ok'] else 'FAILED'}, {same} "
+            f"(fingerprint {report['fingerprint']})"
+        )
     if not report["ok"] or not report["same_content"]:
         raise typer.Exit(1)
 
@@ -110,18 +114,28 @@ def copy_cmd(
 @app.command("import")
 @user_errors
 def import_cmd(
-    src: Path = typer.Argument(..., help=".npy, .safetensors, a directory of either, or a saved dataset / Arrow directory."),
+    src: Path = typer.Argument(
+        ..., help=".npy, .safetensors, a directory of either, or a saved dataset / Arrow directory."
+    ),
     out: str = typer.Option(..., "--out", help="Store to write (path or s3:// URL)."),
     hook: str = typer.Option(None, help="Hook name in the store (default: the tensor or column name)."),
     layer: int = typer.Option(None, help="Layer to record for the hook (default: read from blocks.L.hook_X names)."),
-    dtype: str = typer.Option("auto", help="Storage dtype: auto (the source's; float64 -> float32), float16, float32, bfloat16."),
+    dtype: str = typer.Option(
+        "auto", help="Storage dtype: auto (the source's; float64 -> float32), float16, float32, bfloat16."
+    ),
     column: str = typer.Option(None, help="Activation column of an Arrow dataset (needed when it has several)."),
-    tokens_column: str = typer.Option(None, "--tokens-column", help="Token id column (default: tokens, token_ids or input_ids if present)."),
+    tokens_column: str = typer.Option(
+        None, "--tokens-column", help="Token id column (default: tokens, token_ids or input_ids if present)."
+    ),
     tensor: str = typer.Option(None, help="Import only this tensor of .safetensors files."),
-    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Drop rows with NaN/Inf (counted) instead of stopping."),
+    drop_nonfinite: bool = typer.Option(
+        False, "--drop-nonfinite", help="Drop rows with NaN/Inf (counted) instead of stopping."
+    ),
     append: bool = typer.Option(False, help="Add the rows to an existing store with the same hook and width."),
     compressor: str = typer.Option("none", help=f"One of {list(COMPRESSORS)}."),
-    model: str = typer.Option(None, help="The model the activations came from (recorded; lets evaluate compute CE/KL)."),
+    model: str = typer.Option(
+        None, help="The model the activations came from (recorded; lets evaluate compute CE/KL)."
+    ),
     eval_fraction: float = typer.Option(0.02, help="Fraction of chunks held out for evaluation."),
 ) -> None:
     """Bring activations from other tools into a store (resumable: re-run the same command after a crash).
@@ -137,9 +151,21 @@ def import_cmd(
         fail(f"--compressor must be one of {list(COMPRESSORS)}; got {compressor!r}")
     if not 0 <= eval_fraction < 1:
         fail(f"--eval-fraction must be in [0, 1); got {eval_fraction}")
-    r = import_activations(src, out, hook=hook, layer=layer, dtype=dtype, column=column, tokens_column=tokens_column,
-                           tensor=tensor, drop_nonfinite=drop_nonfinite, append=append, compressor=compressor,
-                           model=model, eval_fraction=eval_fraction)
+    r = import_activations(
+        src,
+        out,
+        hook=hook,
+        layer=layer,
+        dtype=dtype,
+        column=column,
+        tokens_column=tokens_column,
+        tensor=tensor,
+        drop_nonfinite=drop_nonfinite,
+        append=append,
+        compressor=compressor,
+        model=model,
+        eval_fraction=eval_fraction,
+    )
     dropped = f", {r['dropped']:,} non-finite rows dropped" if r["dropped"] else ""
     resumed = f" (resumed after {r['resumed_at']:,})" if r["resumed_at"] else ""
     tokens = "with token ids" if r["has_tokens"] else "without token ids (CE metrics and inspect need them)"

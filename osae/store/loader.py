@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from osae.constants import ACTS_GROUP, DEFAULT_LOADER_BUFFER_BYTES
+from osae.errors import UsageError
 from osae.store.core.direct import DirectChunkReader, direct_layout
 from osae.store.core.format import storage_dtype
 from osae.store.core.normalize import Normalizer
@@ -63,11 +64,11 @@ class LoaderConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive; got {self.batch_size}")
+            raise UsageError(f"batch_size must be positive; got {self.batch_size}")
         if self.buffer_bytes <= 0:
-            raise ValueError(f"buffer_bytes must be positive; got {self.buffer_bytes}")
+            raise UsageError(f"buffer_bytes must be positive; got {self.buffer_bytes}")
         if self.rank_mode not in ("chunks", "slice"):
-            raise ValueError(f"rank_mode must be chunks or slice; got {self.rank_mode!r}")
+            raise UsageError(f"rank_mode must be chunks or slice; got {self.rank_mode!r}")
 
 
 def _populated_array(shape: tuple, dtype: np.dtype) -> np.ndarray:
@@ -99,8 +100,9 @@ class EpochStream:
         return np.concatenate([[0], np.cumsum(self.sizes)])
 
 
-def epoch_stream(intervals: SplitIntervals, *, seed: int, epoch: int, rank: int, world_size: int,
-                 batch_size: int, drop_last: bool) -> EpochStream:
+def epoch_stream(
+    intervals: SplitIntervals, *, seed: int, epoch: int, rank: int, world_size: int, batch_size: int, drop_last: bool
+) -> EpochStream:
     order = _rng(seed, epoch).permutation(len(intervals.chunks))
     per_rank_rows = [int(intervals.sizes[order[r::world_size]].sum()) for r in range(world_size)]
     mine = order[rank::world_size]
@@ -167,7 +169,7 @@ class ShuffledLoader:
         self.cfg = config or LoaderConfig()
         self.normalizer = normalizer or Normalizer("none")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}); got {rank}")
+            raise UsageError(f"rank must be in [0, {world_size}); got {rank}")
         self.rank, self.world_size = rank, world_size
         # The stream this rank follows: its own (chunks), or the global one of which it keeps a slice.
         slicing = self.cfg.rank_mode == "slice" and world_size > 1
@@ -177,7 +179,7 @@ class ShuffledLoader:
         self.with_rows = with_rows
         self.intervals = split_intervals(store, self.cfg.split)
         if self.intervals.n_rows == 0:
-            raise ValueError(f"{store.loc.display} has no rows in the '{self.cfg.split}' split")
+            raise UsageError(f"{store.loc.display} has no rows in the '{self.cfg.split}' split")
         self.d = store.d_model(self.hook)
         self.store_dtype = store.dtype(self.hook)
         row_bytes = self.d * storage_dtype(self.store_dtype).itemsize
@@ -185,7 +187,7 @@ class ShuffledLoader:
         self.max_slots = min(self.n_slots, self.intervals.n_rows)
         self.epoch, self.batch = 0, 0
         self._buffers: dict[str, np.ndarray] = {}
-        self._active: "_EpochRun | None" = None
+        self._active: _EpochRun | None = None
 
     def _arena(self, name: str, shape: tuple, dtype) -> np.ndarray:
         """Buffers live as long as the loader: first-touch page faults of a fresh GiB buffer cost more than
@@ -202,7 +204,7 @@ class ShuffledLoader:
         layout = direct_layout(self.store, path) if self.cfg.direct_reads else None
         return DirectChunkReader(self.store, path, layout, verify=self.cfg.verify_checksums) if layout else None
 
-    def _start(self, stream: "EpochStream") -> "_EpochRun":
+    def _start(self, stream: EpochStream) -> _EpochRun:
         """A run over the rest of the current epoch; a run left unfinished by the caller is stopped first,
         since runs share the loader's buffers."""
         if self._active is not None:
@@ -214,22 +216,33 @@ class ShuffledLoader:
     def state(self) -> dict:
         """The position of the next batch; `load_state` of it reproduces the same following batches."""
         return {
-            "epoch": self.epoch, "batch": self.batch, "seed": self.cfg.seed, "batch_size": self.cfg.batch_size,
-            "buffer_bytes": self.cfg.buffer_bytes, "rank": self.rank, "world_size": self.world_size,
-            "split": self.cfg.split, "n_tokens": self.store.n_tokens,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "seed": self.cfg.seed,
+            "batch_size": self.cfg.batch_size,
+            "buffer_bytes": self.cfg.buffer_bytes,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "split": self.cfg.split,
+            "n_tokens": self.store.n_tokens,
         }
 
     def load_state(self, state: dict) -> None:
         for key in ("seed", "batch_size", "buffer_bytes", "world_size", "split", "n_tokens"):
             mine = self.state()[key]
             if state.get(key) != mine:
-                raise ValueError(f"loader state was saved with {key}={state.get(key)}, this loader has {mine}")
+                raise UsageError(f"loader state was saved with {key}={state.get(key)}, this loader has {mine}")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
     def stream(self, epoch: int) -> EpochStream:
         return epoch_stream(
-            self.intervals, seed=self.cfg.seed, epoch=epoch, rank=self.stream_rank, world_size=self.stream_world,
-            batch_size=self.stream_batch, drop_last=self.cfg.drop_last or self.world_size > 1,
+            self.intervals,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            rank=self.stream_rank,
+            world_size=self.stream_world,
+            batch_size=self.stream_batch,
+            drop_last=self.cfg.drop_last or self.world_size > 1,
         )
 
     def batches_per_epoch(self) -> int:
@@ -240,7 +253,7 @@ class ShuffledLoader:
         while True:
             stream = self.stream(self.epoch)
             if stream.n_batches == 0:
-                raise ValueError(
+                raise UsageError(
                     f"the '{self.cfg.split}' split has fewer rows than one batch of {self.cfg.batch_size} per rank"
                 )
             if self.batch < stream.n_batches:
@@ -261,7 +274,7 @@ class ShuffledLoader:
 class _ChunkReader(threading.Thread):
     """Reads the stream's chunks in order into a ring of staging bins (decoded in place, no extra copy)."""
 
-    def __init__(self, run: "_EpochRun", first_chunk: int, n_bins: int):
+    def __init__(self, run: _EpochRun, first_chunk: int, n_bins: int):
         super().__init__(daemon=True, name="osae-reader")
         self.run_ = run
         self.first_chunk = first_chunk
@@ -331,7 +344,11 @@ class _EpochRun:
         self.buffer_t = to_torch(self.buffer, loader.store_dtype)
         out_dtype = getattr(torch, cfg.dtype) if cfg.dtype != "store" else self.buffer_t.dtype
         n_out = cfg.prefetch_batches + 2
-        pool = loader._arena(f"pool-{cfg.dtype}", (n_out, cfg.batch_size, loader.d), np.dtype("float32") if out_dtype == torch.float32 else dt)
+        pool = loader._arena(
+            f"pool-{cfg.dtype}",
+            (n_out, cfg.batch_size, loader.d),
+            np.dtype("float32") if out_dtype == torch.float32 else dt,
+        )
         pool_t = torch.from_numpy(pool) if out_dtype == torch.float32 else to_torch(pool, loader.store_dtype)
         self.pool = list(pool_t.to(out_dtype) if pool_t.dtype != out_dtype else pool_t)  # rows: this rank's batch
         self.staging = to_torch(loader._arena("staging", (cfg.batch_size, loader.d), dt), loader.store_dtype)
@@ -407,7 +424,11 @@ class _EpochRun:
                 self.ld.normalizer.into(staging, out)
                 if count:
                     self._take_rows(count, slots_t, None)
-                item = (out, _rows_at(self.stream, self.offsets, emitted[lo : lo + len(mine)])) if self.ld.with_rows else out
+                item = (
+                    (out, _rows_at(self.stream, self.offsets, emitted[lo : lo + len(mine)]))
+                    if self.ld.with_rows
+                    else out
+                )
                 while not self.stop.is_set():
                     try:
                         self.out_q.put(item, timeout=0.5)

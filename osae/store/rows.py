@@ -32,8 +32,15 @@ class RowBatch:
         return self.start + len(self.x)
 
 
-def iter_rows(store: ActivationStore, hook: str, split: str = "eval", *, max_tokens: int | None = None,
-              batch: int = 4096, device: str | torch.device = "cpu") -> Iterator[RowBatch]:
+def iter_rows(
+    store: ActivationStore,
+    hook: str,
+    split: str = "eval",
+    *,
+    max_tokens: int | None = None,
+    batch: int = 4096,
+    device: str | torch.device = "cpu",
+) -> Iterator[RowBatch]:
     """The split's rows in store order, at most `max_tokens` of them, in batches of up to `batch` rows
     (a batch never spans two blocks of the store)."""
     dtype = store.dtype(hook)
@@ -47,5 +54,3 @@ def load_rows(store: ActivationStore, hook: str, split: str = "eval", *, max_tok
     """The first `max_tokens` rows of the split as one (N, D) float32 tensor (N = 0 for an empty split)."""
     parts = [b.x for b in iter_rows(store, hook, split, max_tokens=max_tokens, batch=1 << 62)]
     return torch.cat(parts) if parts else torch.empty(0, store.d_model(hook))
-
-

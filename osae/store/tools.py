@@ -45,8 +45,10 @@ def info(url) -> dict:
         "n_tokens": store.n_tokens,
         "n_sequences": store.n_sequences,
         "complete": store.complete,
-        "hooks": {k: {"layer": v.get("layer"), "hook": v.get("hook"), "d_model": v["d_model"], "dtype": v["dtype"]}
-                  for k, v in store.hooks.items()},
+        "hooks": {
+            k: {"layer": v.get("layer"), "hook": v.get("hook"), "d_model": v["d_model"], "dtype": v["dtype"]}
+            for k, v in store.hooks.items()
+        },
         "model": prov.get("model"),
         "dataset": prov.get("dataset"),
         "context_size": store.context_size,
@@ -88,7 +90,13 @@ def verify(url, *, progress: bool = False) -> dict:
                 bad.append({"array": p, "chunk": c, "reason": f"unreadable: {type(exc).__name__}: {str(exc)[:120]}"})
                 continue
             if digests is not None and c < len(digests) and chunk_digest(rows) != int(digests[c]):
-                bad.append({"array": p, "chunk": c, "reason": "content differs from its recorded digest (missing or altered chunk)"})
+                bad.append(
+                    {
+                        "array": p,
+                        "chunk": c,
+                        "reason": "content differs from its recorded digest (missing or altered chunk)",
+                    }
+                )
             if p.startswith(ACTS_GROUP):
                 hook = p.split("/", 1)[1]
                 n_bad = int((~np.isfinite(to_float32(rows, store.dtype(hook)))).sum())
@@ -101,8 +109,14 @@ def verify(url, *, progress: bool = False) -> dict:
                 store.array(p)[: store.n_sequences]
             except Exception as exc:
                 bad.append({"array": p, "chunk": None, "reason": f"unreadable: {type(exc).__name__}"})
-    return {"ok": not bad, "checked_chunks": checked, "bad_chunks": bad, "n_tokens": store.n_tokens,
-            "complete": store.complete, "fingerprint": store_fingerprint(store)}
+    return {
+        "ok": not bad,
+        "checked_chunks": checked,
+        "bad_chunks": bad,
+        "n_tokens": store.n_tokens,
+        "complete": store.complete,
+        "fingerprint": store_fingerprint(store),
+    }
 
 
 def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, progress: bool = False) -> dict:
@@ -110,18 +124,26 @@ def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, pr
     store = ActivationStore(src, quiet=True)
     meta = store.meta
     writer = StoreWriter.create(
-        dst, hooks=meta["hooks"], has_tokens=store.has_tokens, context_size=store.context_size,
+        dst,
+        hooks=meta["hooks"],
+        has_tokens=store.has_tokens,
+        context_size=store.context_size,
         provenance={**meta.get("provenance", {}), "copied_from": store.loc.display},
-        compressor=compressor or meta.get("compressor", "none"), chunk_rows=store.chunk_rows,
-        split=meta["split"], overwrite=overwrite,
+        compressor=compressor or meta.get("compressor", "none"),
+        chunk_rows=store.chunk_rows,
+        split=meta["split"],
+        overwrite=overwrite,
     )
     try:
         step = store.shard_rows
         bar = tqdm(total=store.n_tokens, unit="tok", unit_scale=True, desc="copy", disable=None if progress else True)
         if store.has_tokens:
             starts = store.array(f"{SEQUENCES_GROUP}/row_start")[: store.n_sequences]
-            ctx = (store.array(f"{SEQUENCES_GROUP}/context")[: store.n_sequences]
-                   if f"{SEQUENCES_GROUP}/context" in store.group else None)
+            ctx = (
+                store.array(f"{SEQUENCES_GROUP}/context")[: store.n_sequences]
+                if f"{SEQUENCES_GROUP}/context" in store.group
+                else None
+            )
             writer.add_sequences(starts, ctx)
         for lo in range(0, store.n_tokens, step):
             hi = min(lo + step, store.n_tokens)
@@ -144,4 +166,3 @@ def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, pr
     report["source_fingerprint"] = source_fp
     report["same_content"] = source_fp is not None and source_fp == report["fingerprint"]
     return report
-

@@ -28,6 +28,10 @@ def toy_cmd(
       osae toy --out toy.zarr
       osae toy --out small.zarr --d 16 --n-atoms 32 --m 3 --n 50000
     """
-    result = write_toy_store(out, ToyConfig(d=d, n_atoms=n_atoms, m=m, n=n, n_eval=n_eval, alpha=alpha, seed=seed),
-                             overwrite=overwrite)
-    typer.echo(f"wrote {result['rows']:,} rows to {out} (chunks of {result['chunk_rows']}, eval chunks {result['eval_chunks']})")
+    result = write_toy_store(
+        out, ToyConfig(d=d, n_atoms=n_atoms, m=m, n=n, n_eval=n_eval, alpha=alpha, seed=seed), overwrite=overwrite
+    )
+    typer.echo(
+        f"wrote {result['rows']:,} rows to {out} "
+        f"(chunks of {result['chunk_rows']}, eval chunks {result['eval_chunks']})"
+    )

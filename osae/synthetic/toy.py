@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from osae.errors import UsageError
 from osae.store import StoreWriter, hook_spec
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ class ToyConfig:
     def __post_init__(self) -> None:
         for name in ("d", "n_atoms", "m", "n", "n_eval"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+                raise UsageError(f"{name} must be positive; got {getattr(self, name)}")
         if self.m > self.n_atoms:
-            raise ValueError(f"m must be in [1, n_atoms={self.n_atoms}]; got {self.m}")
+            raise UsageError(f"m must be in [1, n_atoms={self.n_atoms}]; got {self.m}")
 
 
 def zipf_prior(n_atoms: int, alpha: float) -> np.ndarray:
@@ -88,7 +89,11 @@ def write_toy_store(out, cfg: ToyConfig, *, overwrite: bool = False) -> dict:
         hooks={TOY_HOOK: hook_spec(None, cfg.d, "float32", hook="synthetic")},
         has_tokens=False,
         # "osae.store.toy" is where this generator first lived; the recorded name stays so toy stores keep their bytes.
-        provenance={"model": None, "dataset": {"id": "osae-gaussian-toy", **asdict(cfg)}, "generator": "osae.store.toy"},
+        provenance={
+            "model": None,
+            "dataset": {"id": "osae-gaussian-toy", **asdict(cfg)},
+            "generator": "osae.store.toy",
+        },
         chunk_rows=cr,
         split={"rule": "explicit-chunks", "eval_chunks": eval_chunks},
         overwrite=overwrite,

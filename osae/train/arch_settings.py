@@ -14,6 +14,7 @@ import typing
 from dataclasses import MISSING, dataclass, fields
 
 from osae.config_io import known_keys, typed_value
+from osae.errors import UsageError
 from osae.field_docs import field_docs
 from osae.train.architectures import ARCHITECTURES, SAEConfig
 
@@ -85,7 +86,7 @@ class Setting:
         try:
             return [item(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"{self.option} takes comma-separated {item.__name__}s; got {text!r}") from None
+            raise UsageError(f"{self.option} takes comma-separated {item.__name__}s; got {text!r}") from None
 
 
 def _non_none(tp):
@@ -122,7 +123,9 @@ def settings() -> tuple[Setting, ...]:
                 continue
             entry = found.setdefault(f.name, {"type": hints[f.name], "docs": {}, "defaults": {}})
             if entry["type"] != hints[f.name]:
-                raise TypeError(f"setting {f.name} has type {entry['type']} in one architecture, {hints[f.name]} in {arch}")
+                raise TypeError(
+                    f"setting {f.name} has type {entry['type']} in one architecture, {hints[f.name]} in {arch}"
+                )
             if f.name not in docs:
                 raise TypeError(f"{cfg_cls.__name__}.{f.name} has no docstring (it is the --help text)")
             entry["docs"][arch] = docs[f.name]
@@ -140,9 +143,9 @@ def parse_arch_config(arch: str, values: dict, *, strict: bool = True) -> SAECon
     are one ValueError naming them, the architecture and the valid keys (`strict`; else a warning);
     wrong types and values (`__post_init__`) are ValueErrors starting with the architecture."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
+        raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
     if not isinstance(values, dict):
-        raise ValueError(f"{arch} settings must be a mapping of names to values; got {values!r}")
+        raise UsageError(f"{arch} settings must be a mapping of names to values; got {values!r}")
     cfg_cls = ARCHITECTURES[arch][0]
     kept = known_keys(values, setting_names(arch), arch, strict=strict)
     hints = typing.get_type_hints(cfg_cls)
@@ -150,7 +153,7 @@ def parse_arch_config(arch: str, values: dict, *, strict: bool = True) -> SAECon
         typed = {k: typed_value(v, hints[k], k) for k, v in kept.items()}
         return cfg_cls(**typed)
     except ValueError as exc:
-        raise ValueError(f"{arch}: {exc}") from None
+        raise UsageError(f"{arch}: {exc}") from None
 
 
 def architectures_table() -> str:

@@ -6,9 +6,12 @@ restore its position, so that a resumed run sees exactly the batches the interru
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
+
+from osae.errors import UsageError
 
 
 @runtime_checkable
@@ -26,7 +29,7 @@ class TensorBatches:
 
     def __init__(self, x_ND: torch.Tensor, batch_size: int):
         if batch_size <= 0 or len(x_ND) < batch_size:
-            raise ValueError(f"need at least one batch of {batch_size} rows; got {len(x_ND)} rows")
+            raise UsageError(f"need at least one batch of {batch_size} rows; got {len(x_ND)} rows")
         self.x, self.batch_size, self.position = x_ND, batch_size, 0
 
     def __iter__(self) -> Iterator[torch.Tensor]:

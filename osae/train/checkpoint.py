@@ -79,8 +79,13 @@ def save_frozen(sae: SAE, directory: Path, meta: dict) -> None:
         tmp.unlink(missing_ok=True)  # do not leave a half file taking the space that was missing
         raise
     config = {
-        "format_version": CHECKPOINT_FORMAT, "osae_version": __version__, "architecture": sae.ARCHITECTURE,
-        "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "arch_config": sae.cfg.to_dict(), **meta,
+        "format_version": CHECKPOINT_FORMAT,
+        "osae_version": __version__,
+        "architecture": sae.ARCHITECTURE,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "arch_config": sae.cfg.to_dict(),
+        **meta,
         "weights_sha256": file_sha256(tmp),
     }
     os.replace(tmp, weights)
@@ -98,11 +103,14 @@ def load_frozen(directory, device: str | torch.device = "cpu") -> tuple[SAE, dic
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({exc})") from None
     if config.get("format_version") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{directory} has checkpoint format {config.get('format_version')}; this osae reads "
-                              f"{CHECKPOINT_FORMAT}")
+        raise CheckpointError(
+            f"{directory} has checkpoint format {config.get('format_version')}; this osae reads {CHECKPOINT_FORMAT}"
+        )
     if config.get("weights_sha256") and config["weights_sha256"] != file_sha256(w_path):
-        raise CheckpointError(f"{directory}: {WEIGHTS} does not match its {CONFIG} (interrupted write); "
-                              f"re-run `osae fit --resume` on its run directory to rewrite it")
+        raise CheckpointError(
+            f"{directory}: {WEIGHTS} does not match its {CONFIG} (interrupted write); "
+            f"re-run `osae fit --resume` on its run directory to rewrite it"
+        )
     arch = config["architecture"]
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{directory} holds an unknown architecture '{arch}'")
@@ -118,7 +126,9 @@ def optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> tupl
     tensors = {}
     for p, st in opt.state.items():
         for key, val in st.items():
-            tensors[f"{names[id(p)]}.{key}"] = val.detach().contiguous().cpu() if torch.is_tensor(val) else torch.tensor(val)
+            tensors[f"{names[id(p)]}.{key}"] = (
+                val.detach().contiguous().cpu() if torch.is_tensor(val) else torch.tensor(val)
+            )
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     return tensors, {"param_groups": groups}
 
@@ -129,7 +139,7 @@ def load_optimizer(opt: torch.optim.Optimizer, names: dict[int, str], tensors: d
     for group in opt.param_groups:
         for p in group["params"]:
             prefix = names[id(p)] + "."
-            st = {k[len(prefix):]: v.to(p.device) for k, v in tensors.items() if k.startswith(prefix)}
+            st = {k[len(prefix) :]: v.to(p.device) for k, v in tensors.items() if k.startswith(prefix)}
             if st:
                 opt.state[p] = st
 

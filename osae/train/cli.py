@@ -13,14 +13,29 @@ import typer
 
 from osae.cli_common import print_json, user_errors
 from osae.cli_config import given_options, merge_options, print_config, read_mapping
+from osae.errors import UsageError
 from osae.train.arch_settings import settings
 from osae.train.architectures import ARCHITECTURES
 from osae.train.config import SAESpec, TrainConfig, load_sweep
 from osae.train.run_saes import override_specs, specs_from_options
 
 # `osae fit` options that are TrainConfig fields of the same name (they override a --config file's values).
-RUN_FIELDS = ("store", "out", "hook", "tokens", "batch_size", "normalization", "accum_steps", "lr_schedule",
-              "lr_warmup_steps", "checkpoint_every", "nonfinite", "device", "autocast", "data_seed")
+RUN_FIELDS = (
+    "store",
+    "out",
+    "hook",
+    "tokens",
+    "batch_size",
+    "normalization",
+    "accum_steps",
+    "lr_schedule",
+    "lr_warmup_steps",
+    "checkpoint_every",
+    "nonfinite",
+    "device",
+    "autocast",
+    "data_seed",
+)
 SETTINGS_PANEL = "Architecture settings"
 
 
@@ -28,7 +43,7 @@ def _seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--seeds must be a comma-separated list of integers; got {text!r}") from None
+        raise UsageError(f"--seeds must be a comma-separated list of integers; got {text!r}") from None
 
 
 def _scalar(tp):
@@ -45,8 +60,14 @@ def with_setting_options(fn):
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     for s in settings():
-        option = typer.Option(None, s.option, help=s.help(), show_default=False, rich_help_panel=SETTINGS_PANEL,
-                              metavar="<a,b,...>" if s.is_list else None)
+        option = typer.Option(
+            None,
+            s.option,
+            help=s.help(),
+            show_default=False,
+            rich_help_panel=SETTINGS_PANEL,
+            metavar="<a,b,...>" if s.is_list else None,
+        )
         annotation = str if s.is_list else _scalar(s.type)
         params.append(inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     fn.__signature__ = sig.replace(parameters=params)
@@ -58,30 +79,34 @@ def _setting_values(values: dict) -> dict:
     return {s.name: s.from_text(values[s.name]) for s in settings() if values.get(s.name) is not None}
 
 
-def run_config(values: dict, given: set[str], settings_given: dict, *, config: str | None,
-               sweep: str | None) -> TrainConfig:
+def run_config(
+    values: dict, given: set[str], settings_given: dict, *, config: str | None, sweep: str | None
+) -> TrainConfig:
     """The TrainConfig a command line means: the --config file's, with the options typed on the command line
     replacing its values. SAEs: --arch (with --seeds, --lr and the settings), else --sweep's or the file's
     list with the given settings, --lr and --seeds applied to it, else the default --arch."""
     base = read_mapping(config) if config else {}
     d = merge_options(base, values, given, {name: name for name in RUN_FIELDS})
     if "arch" in given and sweep:
-        raise ValueError("give --arch or --sweep, not both")
+        raise UsageError("give --arch or --sweep, not both")
     seeds = _seeds(values["seeds"])
     if "arch" in given or not (sweep or "saes" in base):
         saes = specs_from_options(values["arch"], seeds, values["lr"], settings_given)
     else:
-        listed = load_sweep(sweep) if sweep else [SAESpec.from_dict(s) if isinstance(s, dict) else s
-                                                  for s in _sae_list(base["saes"], config)]
+        listed = (
+            load_sweep(sweep)
+            if sweep
+            else [SAESpec.from_dict(s) if isinstance(s, dict) else s for s in _sae_list(base["saes"], config)]
+        )
         saes = override_specs(listed, settings_given, lr=values["lr"], seeds=seeds if "seeds" in given else None)
     if not d.get("store") or not d.get("out"):
-        raise ValueError("give --store and --out (or --resume RUN_DIR, or --config FILE holding them)")
+        raise UsageError("give --store and --out (or --resume RUN_DIR, or --config FILE holding them)")
     return TrainConfig.from_dict({**d, "saes": [s.to_dict() for s in saes]}, strict=True)
 
 
 def _sae_list(saes, path: str) -> list:
     if not isinstance(saes, list):
-        raise ValueError(f"config file {path}: saes must be a list of SAE entries; got {saes!r}")
+        raise UsageError(f"config file {path}: saes must be a list of SAE entries; got {saes!r}")
     return saes
 
 
@@ -92,15 +117,24 @@ def fit_cmd(
     store: str = typer.Option(None, "--store", help="Activation store (path or URL)."),
     out: str = typer.Option(None, "--out", help="Run directory to create."),
     resume: str = typer.Option(None, "--resume", help="Continue this run directory exactly where it stopped."),
-    config: str = typer.Option(None, "--config", help="A run's resolved config (RUN/run.json, or YAML) to start "
-                               "from; options given on the command line replace its values."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and check everything (the store, its hook, every "
-                                 "SAE's settings), print the resolved config as JSON and stop: nothing is written."),
+    config: str = typer.Option(
+        None,
+        "--config",
+        help="A run's resolved config (RUN/run.json, or YAML) to start "
+        "from; options given on the command line replace its values.",
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Resolve and check everything (the store, its hook, every "
+        "SAE's settings), print the resolved config as JSON and stop: nothing is written.",
+    ),
     hook: str = typer.Option(None, help="Hook name or layer (default: the store's only hook)."),
     arch: str = typer.Option("osae", help=f"Architecture: {', '.join(ARCHITECTURES)}."),
     seeds: str = typer.Option("0", help="Comma-separated seeds: one SAE each, all on the same batches."),
-    sweep: str = typer.Option(None, help="JSON/YAML file listing SAEs ({arch, seeds, d_sae, k, lr, ...}); "
-                              "replaces --arch."),
+    sweep: str = typer.Option(
+        None, help="JSON/YAML file listing SAEs ({arch, seeds, d_sae, k, lr, ...}); replaces --arch."
+    ),
     tokens: int = typer.Option(10_000_000, help="Training tokens."),
     batch_size: int = typer.Option(4096, help="Tokens per step (over all processes)."),
     lr: float = typer.Option(None, help="Learning rate (default 2e-4 / sqrt(K / 16384))."),
@@ -113,8 +147,11 @@ def fit_cmd(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     autocast: str = typer.Option("auto", help="bf16 autocast: auto (GPU only), bf16 or none."),
     data_seed: int = typer.Option(0, help="Shuffle seed of the shared batch stream."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="--out holds a run with other settings: remove that "
-                                   "run's files (nothing else) and start afresh."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="--out holds a run with other settings: remove that run's files (nothing else) and start afresh.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     **setting_options,
 ) -> None:
@@ -167,9 +204,12 @@ def _dry_run(cfg: TrainConfig, *, overwrite: bool) -> None:
 
     found = check_run(cfg, overwrite=overwrite)
     print_config(cfg.to_dict())
-    typer.echo(f"dry run, nothing written: {len(found['saes'])} SAE(s) ({', '.join(found['saes'])}) on hook "
-               f"{found['hook']} (d_in={found['d_in']}) of {found['store']}, {found['steps']:,} steps; without "
-               f"--dry-run: {found['note']}", err=True)
+    typer.echo(
+        f"dry run, nothing written: {len(found['saes'])} SAE(s) ({', '.join(found['saes'])}) on hook "
+        f"{found['hook']} (d_in={found['d_in']}) of {found['store']}, {found['steps']:,} steps; without "
+        f"--dry-run: {found['note']}",
+        err=True,
+    )
 
 
 @user_errors
@@ -186,6 +226,6 @@ def export_cmd(
     from osae.train.export import export_saelens
 
     if format != "saelens":
-        raise ValueError(f"--format must be saelens; got {format!r}")
+        raise UsageError(f"--format must be saelens; got {format!r}")
     result = export_saelens(checkpoint, out)
     typer.echo(f"wrote a SAELens '{result['architecture']}' SAE to {result['out']}")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from osae.config_io import known_fields, known_keys, read_config_file, typed_fields, typed_value
+from osae.errors import UsageError
 from osae.store import NORMALIZATIONS
 from osae.train.arch_settings import parse_arch_config, setting_names
 from osae.train.architectures import ARCHITECTURES, SAEConfig
@@ -39,11 +40,11 @@ class SAESpec:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture '{self.arch}'; choose from {', '.join(ARCHITECTURES)}")
+            raise UsageError(f"unknown architecture '{self.arch}'; choose from {', '.join(ARCHITECTURES)}")
         self.seed = typed_value(self.seed, int, "seed")
         self.lr = typed_value(self.lr, float | None, "lr")
         if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be positive; got {self.lr}")
+            raise UsageError(f"lr must be positive; got {self.lr}")
         config = self.config.settings() if isinstance(self.config, SAEConfig) else self.config
         self.arch_config: SAEConfig = parse_arch_config(self.arch, config)
         self.config = self.arch_config.settings()
@@ -53,10 +54,10 @@ class SAESpec:
         """A spec from its run.json entry. Not `strict` (a run read back): unknown keys and settings are
         ignored with a warning."""
         if not isinstance(d, dict):
-            raise ValueError(f"an SAE entry must be a mapping with {', '.join(SPEC_KEYS)}; got {d!r}")
+            raise UsageError(f"an SAE entry must be a mapping with {', '.join(SPEC_KEYS)}; got {d!r}")
         d = known_keys(d, list(SPEC_KEYS), "SAE entry", strict=strict)
         if "arch" not in d:
-            raise ValueError(f"every SAE entry needs an 'arch'; got {d!r}")
+            raise UsageError(f"every SAE entry needs an 'arch'; got {d!r}")
         config = d.get("config", {})
         if not strict and d["arch"] in ARCHITECTURES and isinstance(config, dict):
             config = known_keys(config, setting_names(d["arch"]), d["arch"], strict=False)
@@ -76,7 +77,7 @@ class SAESpec:
         try:
             return self.arch_config.bind(d_in)
         except ValueError as exc:
-            raise ValueError(f"{self.name}: {exc}") from None
+            raise UsageError(f"{self.name}: {exc}") from None
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.arch_config.d_sae / 2**14)
@@ -134,27 +135,27 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.saes = [s if isinstance(s, SAESpec) else SAESpec.from_dict(s) for s in self.saes]
         if not self.saes:
-            raise ValueError("a run needs at least one SAE")
+            raise UsageError("a run needs at least one SAE")
         names = [s.name for s in self.saes]
         if len(set(names)) != len(names):
-            raise ValueError(f"two SAEs of the run share a name: {sorted(n for n in names if names.count(n) > 1)[0]}")
+            raise UsageError(f"two SAEs of the run share a name: {sorted(n for n in names if names.count(n) > 1)[0]}")
         for key in ("tokens", "batch_size", "accum_steps", "checkpoint_every", "log_every", "dead_window_tokens"):
             if getattr(self, key) <= 0:
-                raise ValueError(f"{key.replace('_', '-')} must be positive; got {getattr(self, key)}")
+                raise UsageError(f"{key.replace('_', '-')} must be positive; got {getattr(self, key)}")
         if self.tokens < self.batch_size:
-            raise ValueError(f"--tokens ({self.tokens}) must be at least one batch ({self.batch_size})")
+            raise UsageError(f"--tokens ({self.tokens}) must be at least one batch ({self.batch_size})")
         if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}; got {self.normalization!r}")
+            raise UsageError(f"normalization must be one of {NORMALIZATIONS}; got {self.normalization!r}")
         if self.nonfinite not in ("skip", "stop"):
-            raise ValueError(f"nonfinite must be skip or stop; got {self.nonfinite!r}")
+            raise UsageError(f"nonfinite must be skip or stop; got {self.nonfinite!r}")
         if self.lr_schedule not in ("constant-decay", "cosine"):
-            raise ValueError(f"lr schedule must be constant-decay or cosine; got {self.lr_schedule!r}")
+            raise UsageError(f"lr schedule must be constant-decay or cosine; got {self.lr_schedule!r}")
         if self.b_dec_init not in ("geometric_median", "mean", "zero"):
-            raise ValueError(f"b_dec init must be geometric_median, mean or zero; got {self.b_dec_init!r}")
+            raise UsageError(f"b_dec init must be geometric_median, mean or zero; got {self.b_dec_init!r}")
         if self.rank_data not in ("slice", "chunks"):
-            raise ValueError(f"rank_data must be slice or chunks; got {self.rank_data!r}")
+            raise UsageError(f"rank_data must be slice or chunks; got {self.rank_data!r}")
         if self.autocast not in ("auto", "bf16", "none"):
-            raise ValueError(f"autocast must be auto, bf16 or none; got {self.autocast!r}")
+            raise UsageError(f"autocast must be auto, bf16 or none; got {self.autocast!r}")
         self.adam_betas = tuple(self.adam_betas)
 
     @property
@@ -174,17 +175,17 @@ class TrainConfig:
         settings are errors and values must have their fields' types; otherwise (run.json read back on
         --resume, written by this or an older osae) unknown keys are ignored with a warning."""
         if not isinstance(d, dict):
-            raise ValueError(f"a run config must be a mapping of settings; got {type(d).__name__}")
+            raise UsageError(f"a run config must be a mapping of settings; got {type(d).__name__}")
         d = known_fields(cls, d, "run", strict=strict)
         saes = d.get("saes", [])
         if not isinstance(saes, list):
-            raise ValueError(f"saes must be a list of SAE entries; got {saes!r}")
+            raise UsageError(f"saes must be a list of SAE entries; got {saes!r}")
         d["saes"] = [s if isinstance(s, SAESpec) else SAESpec.from_dict(s, strict=strict) for s in saes]
         if strict:
             d = typed_fields(cls, {k: v for k, v in d.items() if k != "saes"}, "run") | {"saes": d["saes"]}
         missing = [k for k in ("store", "out") if k not in d]
         if missing:
-            raise ValueError(f"a run config needs {' and '.join(missing)}")
+            raise UsageError(f"a run config needs {' and '.join(missing)}")
         return cls(**d)
 
     def check_width(self, d_in: int) -> None:
@@ -198,22 +199,22 @@ def load_sweep(path: str | Path) -> list[SAESpec]:
     architecture's settings}. Every entry is parsed and checked; errors name the file and the entry."""
     entries = read_config_file(path, "sweep")
     if not isinstance(entries, list):
-        raise ValueError(f"sweep file {path} must hold a JSON list of SAE entries")
+        raise UsageError(f"sweep file {path} must hold a JSON list of SAE entries")
     specs = []
     for i, e in enumerate(entries, 1):
         if not isinstance(e, dict):
-            raise ValueError(f"sweep file {path}: entry {i} must be a mapping; got {e!r}")
+            raise UsageError(f"sweep file {path}: entry {i} must be a mapping; got {e!r}")
         e = dict(e)
         arch = e.pop("arch", None)
         if arch is None:
-            raise ValueError(f"every sweep entry needs an 'arch' ({path}: entry {i} has none)")
+            raise UsageError(f"every sweep entry needs an 'arch' ({path}: entry {i} has none)")
         if "seed" in e and "seeds" in e:
-            raise ValueError(f"sweep file {path}: entry {i} gives both 'seed' and 'seeds'; give one")
+            raise UsageError(f"sweep file {path}: entry {i} gives both 'seed' and 'seeds'; give one")
         seeds = e.pop("seeds") if "seeds" in e else [e.pop("seed", 0)]
         lr = e.pop("lr", None)
         try:
             seeds = typed_value(seeds, list[int], "seeds")
             specs += [SAESpec(arch=arch, seed=seed, config=dict(e), lr=lr) for seed in seeds]
         except ValueError as exc:
-            raise ValueError(f"sweep file {path}: entry {i}: {exc}") from None
+            raise UsageError(f"sweep file {path}: entry {i}: {exc}") from None
     return specs

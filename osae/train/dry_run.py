@@ -19,5 +19,12 @@ def check_run(cfg: TrainConfig, *, overwrite: bool = False) -> dict:
     d_in = store.d_model(hook)
     cfg.check_width(d_in)
     plan = plan_run(Path(cfg.out), cfg.to_dict(), overwrite=overwrite)
-    return {"store": store.loc.display, "hook": hook, "d_in": d_in, "saes": [s.name for s in cfg.saes],
-            "steps": cfg.n_steps, "action": plan.action, "note": plan.note}
+    return {
+        "store": store.loc.display,
+        "hook": hook,
+        "d_in": d_in,
+        "saes": [s.name for s in cfg.saes],
+        "steps": cfg.n_steps,
+        "action": plan.action,
+        "note": plan.note,
+    }

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from osae.errors import UsageError
 from osae.train.checkpoint import load_frozen
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -25,15 +26,17 @@ def export_saelens(checkpoint, out) -> dict:
     sae, config = load_frozen(checkpoint)
     norm = config.get("normalization", {"kind": "none"})
     if norm.get("kind") == "standardize":
-        raise ValueError("a checkpoint trained on standardized activations has no SAELens equivalent; "
-                         "train with --normalization scalar or none to export it")
+        raise UsageError(
+            "a checkpoint trained on standardized activations has no SAELens equivalent; "
+            "train with --normalization scalar or none to export it"
+        )
     scale = float(norm.get("scale", 1.0)) if norm.get("kind") == "scalar" else 1.0
     sae.fold_scale_(scale)
     arch = config["architecture"]
     kind = sae.cfg.saelens_architecture()  # each config class says which SAELens code equals its inference code
     extra = {"k": int(sae.cfg.k)} if kind == "topk" else {}
     if kind == "jumprelu" and float(sae.threshold) <= 0:
-        raise ValueError(f"{checkpoint} has no inference threshold yet (trained fewer steps than threshold_start)")
+        raise UsageError(f"{checkpoint} has no inference threshold yet (trained fewer steps than threshold_start)")
     weights = {
         "W_enc": sae.W_enc.detach().T.contiguous().float(),  # SAELens stores (d_in, d_sae)
         "W_dec": sae.W_dec.detach().contiguous().float(),
@@ -44,14 +47,31 @@ def export_saelens(checkpoint, out) -> dict:
         weights["threshold"] = torch.full((sae.cfg.d_sae,), float(sae.threshold))
     hook_info = config.get("hook_info", {})
     cfg = {
-        "architecture": kind, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none", **extra,
+        "architecture": kind,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        **extra,
         "metadata": {
-            "hook_name": config.get("hook"), "hook_layer": hook_info.get("layer"), "hook_head_index": None,
-            "model_name": None, "context_size": None, "prepend_bos": True, "dataset_path": config.get("store"),
+            "hook_name": config.get("hook"),
+            "hook_layer": hook_info.get("layer"),
+            "hook_head_index": None,
+            "model_name": None,
+            "context_size": None,
+            "prepend_bos": True,
+            "dataset_path": config.get("store"),
             "sae_lens_training_version": None,
-            "osae": {"architecture": arch, "checkpoint": str(checkpoint), "store_fingerprint": config.get("store_fingerprint"),
-                     "folded_scale": scale, "step": config.get("step")},
+            "osae": {
+                "architecture": arch,
+                "checkpoint": str(checkpoint),
+                "store_fingerprint": config.get("store_fingerprint"),
+                "folded_scale": scale,
+                "step": config.get("step"),
+            },
         },
     }
     out = Path(out)

@@ -30,7 +30,7 @@ def _init_rows(store: ActivationStore, hook: str, normalizer: Normalizer, n: int
     """The first n training rows in training units, for the data-dependent initialisation."""
     x = load_rows(store, hook, "train", max_tokens=n)
     if not len(x):
-        raise ValueError(f"{store.loc.display} has no training rows for hook '{hook}'; fit needs some")
+        raise UsageError(f"{store.loc.display} has no training rows for hook '{hook}'; fit needs some")
     return normalizer.forward(x)
 
 
@@ -66,8 +66,9 @@ def _old_sae_names(out: Path) -> list[str]:
         return []
 
 
-def fit(cfg: TrainConfig | None = None, *, resume: str | None = None, overwrite: bool = False,
-        progress: bool = True) -> dict:
+def fit(
+    cfg: TrainConfig | None = None, *, resume: str | None = None, overwrite: bool = False, progress: bool = True
+) -> dict:
     """Train the run `cfg`, or continue it: the same configuration on the same --out resumes from the last
     checkpoint (osae.train.run_dir). `resume` names a run directory to continue with its saved configuration."""
     rank, world = init_distributed()
@@ -76,8 +77,9 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | None = None, overwrite:
         if cfg is not None:
             diff = config_differences({**_resolved(saved), "out": None}, {**cfg.to_dict(), "out": None})
             if diff:
-                raise UsageError(f"--resume with changed arguments ({'; '.join(diff)}); resume without them or start "
-                                 f"a new run")
+                raise UsageError(
+                    f"--resume with changed arguments ({'; '.join(diff)}); resume without them or start a new run"
+                )
         cfg = TrainConfig.from_dict({**saved, "out": str(resume)})  # a moved or copied run resumes where it is
     assert cfg is not None
     store, hook, d_in = _open_and_check(cfg, world)
@@ -95,16 +97,39 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | None = None, overwrite:
     if cfg.normalization == "standardize":
         total_var = float((stats["var"] > 0).sum())  # every varying dimension has unit variance
     else:
-        total_var = float(stats["var"].sum()) * (normalizer.scale ** 2 if cfg.normalization == "scalar" else 1.0)
+        total_var = float(stats["var"].sum()) * (normalizer.scale**2 if cfg.normalization == "scalar" else 1.0)
     loader = ShuffledLoader(
-        store, hook, LoaderConfig(batch_size=cfg.batch_size // world, buffer_bytes=cfg.buffer_bytes, seed=cfg.data_seed,
-                                  rank_mode=cfg.rank_data),
-        normalizer=normalizer, rank=rank, world_size=world)
-    meta = {"store": store.loc.display, "store_fingerprint": store_fingerprint(store), "hook": hook,
-            "hook_info": store.hooks[hook], "run": str(out)}
-    trainer = Trainer(cfg, loader, d_in=d_in, normalizer=normalizer, meta=meta,
-                      init_rows=_init_rows(store, hook, normalizer), device=_device(cfg.device, rank),
-                      collective=Collective(rank, world), progress=progress, total_variance=total_var)
+        store,
+        hook,
+        LoaderConfig(
+            batch_size=cfg.batch_size // world,
+            buffer_bytes=cfg.buffer_bytes,
+            seed=cfg.data_seed,
+            rank_mode=cfg.rank_data,
+        ),
+        normalizer=normalizer,
+        rank=rank,
+        world_size=world,
+    )
+    meta = {
+        "store": store.loc.display,
+        "store_fingerprint": store_fingerprint(store),
+        "hook": hook,
+        "hook_info": store.hooks[hook],
+        "run": str(out),
+    }
+    trainer = Trainer(
+        cfg,
+        loader,
+        d_in=d_in,
+        normalizer=normalizer,
+        meta=meta,
+        init_rows=_init_rows(store, hook, normalizer),
+        device=_device(cfg.device, rank),
+        collective=Collective(rank, world),
+        progress=progress,
+        total_variance=total_var,
+    )
     if plan.action == "resume":
         trainer.restore()
     return {"out": str(out), **trainer.run()}

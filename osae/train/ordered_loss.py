@@ -16,8 +16,14 @@ from __future__ import annotations
 import torch
 
 
-def ordered_loss_sparse(r_BD: torch.Tensor, vals_BN: torch.Tensor, idx_BN: torch.Tensor, W_dec_FD: torch.Tensor,
-                        pi_F: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def ordered_loss_sparse(
+    r_BD: torch.Tensor,
+    vals_BN: torch.Tensor,
+    idx_BN: torch.Tensor,
+    W_dec_FD: torch.Tensor,
+    pi_F: torch.Tensor,
+    chunk: int = 256,
+) -> torch.Tensor:
     """Per-token expected loss (B,) for padded sparse codes (zero values are padding), with hand-written
     gradients (`_GramLoss`). `ordered_loss_gram` (autograd through the same algebra) and `ordered_loss_segment`
     (partial sums in index order) are the references the tests compare it with."""
@@ -136,8 +142,14 @@ class _SegmentLoss(torch.autograd.Function):
         return g_r, g_vals, None, g_W, None, None
 
 
-def ordered_loss_gram(r_BD: torch.Tensor, vals_BN: torch.Tensor, idx_BN: torch.Tensor, W_dec_FD: torch.Tensor,
-                      pi_F: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def ordered_loss_gram(
+    r_BD: torch.Tensor,
+    vals_BN: torch.Tensor,
+    idx_BN: torch.Tensor,
+    W_dec_FD: torch.Tensor,
+    pi_F: torch.Tensor,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """The inclusion-weight (Gram) form with autograd: the reference implementation.
 
     B = batch, N = active slots per token, D = d_in, F = d_sae. The batch is processed in chunks so the
@@ -157,7 +169,9 @@ def ordered_loss_gram(r_BD: torch.Tensor, vals_BN: torch.Tensor, idx_BN: torch.T
     return torch.cat(out)
 
 
-def ordered_loss_dense(r_BD: torch.Tensor, z_BF: torch.Tensor, W_dec_FD: torch.Tensor, pi_F: torch.Tensor) -> torch.Tensor:
+def ordered_loss_dense(
+    r_BD: torch.Tensor, z_BF: torch.Tensor, W_dec_FD: torch.Tensor, pi_F: torch.Tensor
+) -> torch.Tensor:
     """Per-token expected loss (B,) for dense codes, through M = (D D^T) o min(pi_i, pi_j) (F x F)."""
     pi = pi_F.to(r_BD.dtype)
     M = (W_dec_FD @ W_dec_FD.T) * torch.minimum(pi[:, None], pi[None, :])
@@ -165,7 +179,9 @@ def ordered_loss_dense(r_BD: torch.Tensor, z_BF: torch.Tensor, W_dec_FD: torch.T
     return (r_BD * r_BD).sum(1) - 2 * (z_BF * c * pi).sum(1) + ((z_BF @ M) * z_BF).sum(1)
 
 
-def ordered_loss_bruteforce(r_BD: torch.Tensor, z_BF: torch.Tensor, W_dec_FD: torch.Tensor, pi_F: torch.Tensor) -> torch.Tensor:
+def ordered_loss_bruteforce(
+    r_BD: torch.Tensor, z_BF: torch.Tensor, W_dec_FD: torch.Tensor, pi_F: torch.Tensor
+) -> torch.Tensor:
     """The definition, summed over every prefix length L = 0..K (test oracle only)."""
     K = z_BF.shape[1]
     pi = torch.cat([torch.ones(1, dtype=pi_F.dtype), pi_F.to(torch.float64), torch.zeros(1, dtype=pi_F.dtype)])

@@ -9,19 +9,32 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from osae.errors import UsageError
+
 LAWS = ("uniform", "geometric", "zipf", "piecewise", "matryoshka-marginal", "custom")
 
 
-def inclusion_weights(law: str, K: int, *, rho: float = 0.999, alpha: float = 1.2, widths: list[int] | None = None,
-                      masses: list[float] | None = None, p0: float = 0.0, groups: int = 5, b_min: int = 1,
-                      power: float = 0.5, custom: list[float] | None = None) -> torch.Tensor:
+def inclusion_weights(
+    law: str,
+    K: int,
+    *,
+    rho: float = 0.999,
+    alpha: float = 1.2,
+    widths: list[int] | None = None,
+    masses: list[float] | None = None,
+    p0: float = 0.0,
+    groups: int = 5,
+    b_min: int = 1,
+    power: float = 0.5,
+    custom: list[float] | None = None,
+) -> torch.Tensor:
     """pi as a float64 tensor of length K (index 0 is latent 1)."""
     j = np.arange(1, K + 1, dtype=np.float64)
     if law == "uniform":
         pi = (K - j + 1) / K
     elif law == "geometric":
         if not 0 < rho < 1:
-            raise ValueError(f"geometric rho must be in (0, 1); got {rho}")
+            raise UsageError(f"geometric rho must be in (0, 1); got {rho}")
         pi = rho ** (j - 1)  # the tail mass beyond K is folded onto L = K
     elif law == "zipf":
         p = j ** (-alpha)
@@ -41,14 +54,14 @@ def inclusion_weights(law: str, K: int, *, rho: float = 0.999, alpha: float = 1.
         pi = matryoshka_marginal(K, groups, b_min, power)
     elif law == "custom":
         if custom is None:
-            raise ValueError("a custom law needs its pmf over 1..K")
+            raise UsageError("a custom law needs its pmf over 1..K")
         p = np.asarray(custom, dtype=np.float64)
         if len(p) != K or (p < 0).any() or p.sum() <= 0:
-            raise ValueError(f"a custom law needs {K} non-negative probabilities")
+            raise UsageError(f"a custom law needs {K} non-negative probabilities")
         p /= p.sum()
         pi = np.cumsum(p[::-1])[::-1]
     else:
-        raise ValueError(f"prefix law must be one of {LAWS}; got {law!r}")
+        raise UsageError(f"prefix law must be one of {LAWS}; got {law!r}")
     return torch.from_numpy(np.clip(pi, 0, 1) * (1.0 - p0))
 
 
@@ -81,7 +94,9 @@ def boundaries_to_pi(boundaries: np.ndarray, K: int, weights: np.ndarray | None 
     return torch.from_numpy(pi)
 
 
-def matryoshka_marginal(K: int, groups: int, b_min: int = 1, power: float = 0.5, draws: int = 4000, seed: int = 0) -> np.ndarray:
+def matryoshka_marginal(
+    K: int, groups: int, b_min: int = 1, power: float = 0.5, draws: int = 4000, seed: int = 0
+) -> np.ndarray:
     """E[#{b >= j}] / G under the random-boundary law, estimated from many draws (deterministic seed)."""
     rng = np.random.default_rng(seed)
     acc = np.zeros(K)

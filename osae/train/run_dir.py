@@ -44,8 +44,9 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def plan_run(out: Path, config: dict, *, overwrite: bool = False,
-             resolve: Callable[[dict], dict] = lambda d: d) -> RunPlan:
+def plan_run(
+    out: Path, config: dict, *, overwrite: bool = False, resolve: Callable[[dict], dict] = lambda d: d
+) -> RunPlan:
     """Decide what to do with run directory `out` for the resolved configuration `config` (TrainConfig.to_dict).
     `resolve` brings a saved configuration to today's resolved form (older osae versions saved fewer keys)."""
     if not (out / RUN_CONFIG).exists():
@@ -59,8 +60,10 @@ def plan_run(out: Path, config: dict, *, overwrite: bool = False,
         return RunPlan("fresh", f"--overwrite: removing the run in {out} and starting afresh")
     diff = config_differences({**resolve(saved), "out": None}, {**config, "out": None})
     if diff:
-        raise UsageError(f"{out} holds a run with other settings ({'; '.join(diff)}); run its original command to "
-                         f"resume it, add --overwrite to start afresh, or choose another --out")
+        raise UsageError(
+            f"{out} holds a run with other settings ({'; '.join(diff)}); run its original command to "
+            f"resume it, add --overwrite to start afresh, or choose another --out"
+        )
     if not (out / RUN_STATE).exists():
         return RunPlan("fresh", f"{out} has no checkpoint yet: starting it again from the beginning")
     if read_json(out / RUN_STATE, "run state").get("finished"):

@@ -7,6 +7,7 @@ architectures that have that field, and naming one that no SAE of the run has is
 
 from __future__ import annotations
 
+from osae.errors import UsageError
 from osae.train.arch_settings import setting_names, settings
 from osae.train.architectures import ARCHITECTURES
 from osae.train.config import SAESpec
@@ -14,25 +15,26 @@ from osae.train.config import SAESpec
 SETTINGS = {s.name: s for s in settings()}
 
 
-def _not_a_setting(name: str, archs: list[str]) -> ValueError:
+def _not_a_setting(name: str, archs: list[str]) -> UsageError:
     s = SETTINGS[name]
-    return ValueError(f"{s.option} is a setting of {', '.join(s.archs)}, not of {', '.join(archs)}")
+    return UsageError(f"{s.option} is a setting of {', '.join(s.archs)}, not of {', '.join(archs)}")
 
 
 def specs_from_options(arch: str, seeds: list[int], lr: float | None, values: dict) -> list[SAESpec]:
     """One SAE of `arch` per seed, with the settings `values` (field -> value; the others take defaults)."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
+        raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
     for name in values:
         if name not in setting_names(arch):
             raise _not_a_setting(name, [arch])
     if not seeds:
-        raise ValueError("--seeds lists no seed")
+        raise UsageError("--seeds lists no seed")
     return [SAESpec(arch=arch, seed=seed, config=dict(values), lr=lr) for seed in seeds]
 
 
-def override_specs(specs: list[SAESpec], values: dict, *, lr: float | None = None,
-                   seeds: list[int] | None = None) -> list[SAESpec]:
+def override_specs(
+    specs: list[SAESpec], values: dict, *, lr: float | None = None, seeds: list[int] | None = None
+) -> list[SAESpec]:
     """`specs` with each setting in `values` replaced in every SAE whose architecture has it, every lr replaced
     by `lr` (if given), and, if `seeds` is given, every distinct SAE (architecture, settings, lr) trained once
     per seed instead of with its own seeds."""
@@ -40,9 +42,15 @@ def override_specs(specs: list[SAESpec], values: dict, *, lr: float | None = Non
     for name in values:
         if not any(name in setting_names(a) for a in archs):
             raise _not_a_setting(name, archs)
-    changed = [SAESpec(arch=s.arch, seed=s.seed, lr=s.lr if lr is None else lr,
-                       config={**s.config, **{k: v for k, v in values.items() if k in setting_names(s.arch)}})
-               for s in specs]
+    changed = [
+        SAESpec(
+            arch=s.arch,
+            seed=s.seed,
+            lr=s.lr if lr is None else lr,
+            config={**s.config, **{k: v for k, v in values.items() if k in setting_names(s.arch)}},
+        )
+        for s in specs
+    ]
     if seeds is None:
         return changed
     distinct: list[SAESpec] = []

@@ -97,10 +97,22 @@ class Trainer:
     `batches` is a ResumableBatches (the store's ShuffledLoader, or TensorBatches in memory); its state goes
     into every checkpoint. `collective` joins the processes that each hold a slice of every batch."""
 
-    def __init__(self, cfg: TrainConfig, batches: ResumableBatches, *, d_in: int, normalizer: Normalizer, meta: dict,
-                 init_rows: torch.Tensor | None = None, device: torch.device | None = None,
-                 collective: Collective = SINGLE, progress: bool = True, total_variance: float | None = None,
-                 first_checkpoint_s: float = FIRST_CHECKPOINT_S, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        batches: ResumableBatches,
+        *,
+        d_in: int,
+        normalizer: Normalizer,
+        meta: dict,
+        init_rows: torch.Tensor | None = None,
+        device: torch.device | None = None,
+        collective: Collective = SINGLE,
+        progress: bool = True,
+        total_variance: float | None = None,
+        first_checkpoint_s: float = FIRST_CHECKPOINT_S,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+    ):
         if not isinstance(batches, ResumableBatches):
             raise TypeError(f"batches must be resumable (iterate, state, load_state); got {type(batches).__name__}")
         self.cfg, self.batches, self.meta = cfg, batches, meta
@@ -131,10 +143,19 @@ class Trainer:
                 sae.b_dec.copy_(center)
         sae.to(self.device).train()
         names = {id(p): n for n, p in sae.named_parameters()}
-        opt = torch.optim.Adam(sae.parameters(), lr=spec.resolved_lr(), betas=self.cfg.adam_betas, eps=self.cfg.adam_eps)
+        opt = torch.optim.Adam(
+            sae.parameters(), lr=spec.resolved_lr(), betas=self.cfg.adam_betas, eps=self.cfg.adam_eps
+        )
         gen = torch.Generator(device=self.device).manual_seed(spec.seed)
-        return Member(spec, sae, opt, names, torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device), gen,
-                      self.out / spec.name)
+        return Member(
+            spec,
+            sae,
+            opt,
+            names,
+            torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device),
+            gen,
+            self.out / spec.name,
+        )
 
     # -- state --------------------------------------------------------------------------------
     def checkpoint(self, final: bool = False) -> None:
@@ -142,16 +163,30 @@ class Trainer:
             return
         try:
             for m in self.members:
-                meta = {**self.meta, "step": self.step, "tokens_seen": self.step * self.cfg.batch_size, "seed": m.spec.seed,
-                        "lr": m.spec.resolved_lr(), "normalization": self.normalizer.to_dict(), "final": final}
+                meta = {
+                    **self.meta,
+                    "step": self.step,
+                    "tokens_seen": self.step * self.cfg.batch_size,
+                    "seed": m.spec.seed,
+                    "lr": m.spec.resolved_lr(),
+                    "normalization": self.normalizer.to_dict(),
+                    "final": final,
+                }
                 save_frozen(m.sae, m.directory, meta)
                 tensors, opt_meta = optimizer_tensors(m.opt, m.names)
-                tensors = {**{f"opt.{k}": v for k, v in tensors.items()},
-                           **{f"sae.{k}": v.detach().cpu() for k, v in m.sae.state_dict().items()},
-                           "since_fired": m.since_fired.cpu(), "generator": m.generator.get_state()}
+                tensors = {
+                    **{f"opt.{k}": v for k, v in tensors.items()},
+                    **{f"sae.{k}": v.detach().cpu() for k, v in m.sae.state_dict().items()},
+                    "since_fired": m.since_fired.cpu(),
+                    "generator": m.generator.get_state(),
+                }
                 save_state(m.directory, self.step, tensors, {"optimizer": opt_meta, "step": self.step})
-            state = {"step": self.step, "skipped_batches": self.skipped, "finished": final,
-                     "loader": self.batches.state()}
+            state = {
+                "step": self.step,
+                "skipped_batches": self.skipped,
+                "finished": final,
+                "loader": self.batches.state(),
+            }
             tmp = self.out / (RUN_STATE + ".tmp")
             tmp.write_text(json.dumps(state, indent=1))
             os.replace(tmp, self.out / RUN_STATE)
@@ -160,8 +195,10 @@ class Trainer:
             faults.reached("fit-checkpoint")
         except OSError as exc:
             if disk_full(exc):
-                raise CheckpointError(f"disk full while checkpointing step {self.step} in {self.out}; the previous "
-                                      f"checkpoint is intact: free space and run `osae fit --resume {self.out}`") from None
+                raise CheckpointError(
+                    f"disk full while checkpointing step {self.step} in {self.out}; the previous "
+                    f"checkpoint is intact: free space and run `osae fit --resume {self.out}`"
+                ) from None
             raise
 
     def restore(self) -> dict:
@@ -172,7 +209,9 @@ class Trainer:
         for m in self.members:
             tensors, meta = load_state(m.directory, self.step)
             m.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
-            load_optimizer(m.opt, m.names, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, meta["optimizer"])
+            load_optimizer(
+                m.opt, m.names, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, meta["optimizer"]
+            )
             m.since_fired.copy_(tensors["since_fired"].to(self.device))
             m.generator.set_state(tensors["generator"])
         if state.get("loader"):
@@ -192,8 +231,15 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         total = cfg.n_steps
-        bar = tqdm(total=total * cfg.batch_size, initial=self.step * cfg.batch_size, unit="tok", unit_scale=True,
-                   desc="fit", disable=None if self.progress and self.rank == 0 else True, smoothing=0.05)
+        bar = tqdm(
+            total=total * cfg.batch_size,
+            initial=self.step * cfg.batch_size,
+            unit="tok",
+            unit_scale=True,
+            desc="fit",
+            disable=None if self.progress and self.rank == 0 else True,
+            smoothing=0.05,
+        )
         t_last, tokens_last = time.perf_counter(), self.step * cfg.batch_size
         self._last_checkpoint_time = time.perf_counter()
         it = iter(self.batches)
@@ -215,19 +261,26 @@ class Trainer:
                 if self.step % cfg.accum_steps == 0 and self.step < total:  # only between optimizer updates
                     self._checkpoint_if_due(stop)
         self.checkpoint(final=True)
-        return {"steps": self.step, "tokens": self.step * cfg.batch_size, "skipped_batches": self.skipped,
-                "saes": [str(m.directory) for m in self.members]}
+        return {
+            "steps": self.step,
+            "tokens": self.step * cfg.batch_size,
+            "skipped_batches": self.skipped,
+            "saes": [str(m.directory) for m in self.members],
+        }
 
     def _finite(self, x: torch.Tensor) -> bool:
         """False for a batch to skip (--nonfinite skip); raises for --nonfinite stop."""
         if bool(torch.isfinite(x).all()):
             return True
         if self.cfg.nonfinite == "stop":
-            raise UsageError(f"batch {self.step} holds NaN or Inf activations; run `osae store verify`, or pass "
-                             f"--nonfinite skip")
+            raise UsageError(
+                f"batch {self.step} holds NaN or Inf activations; run `osae store verify`, or pass --nonfinite skip"
+            )
         if self.world > 1:
-            raise UsageError("a batch holds NaN or Inf activations; several processes cannot skip it consistently: "
-                             "run `osae store verify` and train on a clean store")
+            raise UsageError(
+                "a batch holds NaN or Inf activations; several processes cannot skip it consistently: "
+                "run `osae store verify` and train on a clean store"
+            )
         self.skipped += 1
         log.warning("skipping batch %d: NaN or Inf activations (%d skipped so far)", self.step, self.skipped)
         return False
@@ -244,8 +297,11 @@ class Trainer:
             self.checkpointed, self._last_checkpoint_time = True, time.perf_counter()
         if signum:
             barrier(self.world)  # no process leaves before process 0 has written the checkpoint
-            raise RunInterrupted(f"interrupted at step {self.step} of {self.cfg.n_steps}: checkpoint written in "
-                                 f"{self.out}; run the same command again to resume", signum)
+            raise RunInterrupted(
+                f"interrupted at step {self.step} of {self.cfg.n_steps}: checkpoint written in "
+                f"{self.out}; run the same command again to resume",
+                signum,
+            )
 
     def _train_step(self, m: Member, x: torch.Tensor) -> None:
         cfg, sae, step = self.cfg, m.sae, self.step
@@ -255,8 +311,10 @@ class Trainer:
             out = sae(x, ctx)
         loss = out.loss
         if not torch.isfinite(loss):
-            raise ValueError(f"{m.spec.name}: the loss became {float(loss)} at step {step}; lower the learning rate "
-                             f"(the last checkpoint is intact)")
+            raise UsageError(
+                f"{m.spec.name}: the loss became {float(loss)} at step {step}; lower the learning rate "
+                f"(the last checkpoint is intact)"
+            )
         (loss / cfg.accum_steps).backward()
         with torch.no_grad():
             sae.update_statistics({k: self.collective.reduce(v, op) for k, (op, v) in out.stats.items()}, step)
@@ -282,7 +340,9 @@ class Trainer:
         sae.remove_parallel_grad_()
         f = sae.frozen_units(step)
         if f:
-            frozen = {n: p.detach()[:f].clone() for n, p in (("W_enc", sae.W_enc), ("b_enc", sae.b_enc), ("W_dec", sae.W_dec))}
+            frozen = {
+                n: p.detach()[:f].clone() for n, p in (("W_enc", sae.W_enc), ("b_enc", sae.b_enc), ("W_dec", sae.W_dec))
+            }
             for p in (sae.W_enc, sae.b_enc, sae.W_dec):
                 if p.grad is not None:
                     p.grad[:f] = 0
@@ -332,13 +392,19 @@ class Trainer:
             if not a["n"] or self.rank != 0:
                 m.acc = {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None}
                 continue
-            line = {"step": self.step, "tokens": self.step * self.cfg.batch_size, "loss": a["loss"] / a["n"],
-                    "sse_per_token": a["sse"] / a["n"], "fvu": a["sse"] / a["n"] / self.total_variance,
-                    "l0": a["l0"] / a["n"],
-                    "dead_fraction": float((m.since_fired >= self.cfg.dead_window_tokens).float().mean()),
-                    # dense: latents firing on more than 10% of the window's tokens
-                    "dense_fraction": float((a["fires"].float() / a["n"] > 0.1).float().mean()),
-                    "lr": m.opt.param_groups[0]["lr"], "tokens_per_s": rate}
+            line = {
+                "step": self.step,
+                "tokens": self.step * self.cfg.batch_size,
+                "loss": a["loss"] / a["n"],
+                "sse_per_token": a["sse"] / a["n"],
+                "fvu": a["sse"] / a["n"] / self.total_variance,
+                "l0": a["l0"] / a["n"],
+                "dead_fraction": float((m.since_fired >= self.cfg.dead_window_tokens).float().mean()),
+                # dense: latents firing on more than 10% of the window's tokens
+                "dense_fraction": float((a["fires"].float() / a["n"] > 0.1).float().mean()),
+                "lr": m.opt.param_groups[0]["lr"],
+                "tokens_per_s": rate,
+            }
             m.directory.mkdir(parents=True, exist_ok=True)
             with open(m.directory / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")

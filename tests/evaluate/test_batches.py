@@ -30,8 +30,13 @@ def toy(tmp_path_factory):
 def chunked(tmp_path_factory):
     """1500 rows in chunks of 256; chunks 1, 3 and 4 are the evaluation split (two of them adjacent)."""
     path = tmp_path_factory.mktemp("batches") / "chunked.zarr"
-    w = StoreWriter.create(path, hooks={"h": hook_spec(None, 4, "float32")}, has_tokens=False, chunk_rows=256,
-                           split={"rule": "explicit-chunks", "eval_chunks": [1, 3, 4]})
+    w = StoreWriter.create(
+        path,
+        hooks={"h": hook_spec(None, 4, "float32")},
+        has_tokens=False,
+        chunk_rows=256,
+        split={"rule": "explicit-chunks", "eval_chunks": [1, 3, 4]},
+    )
     w.write({"h": np.random.default_rng(0).standard_normal((1500, 4)).astype(np.float32)})
     w.close()
     return ActivationStore(path)
@@ -79,8 +84,13 @@ def test_code_batches_reconstruct_in_store_units(toy):
 def test_an_empty_split_gives_no_rows_and_fit_refuses_it(tmp_path):
     from osae.train.fit import _init_rows
 
-    w = StoreWriter.create(tmp_path / "s.zarr", hooks={"h": hook_spec(None, 4, "float32")}, has_tokens=False,
-                           chunk_rows=64, split={"rule": "explicit-chunks", "eval_chunks": [0, 1]})
+    w = StoreWriter.create(
+        tmp_path / "s.zarr",
+        hooks={"h": hook_spec(None, 4, "float32")},
+        has_tokens=False,
+        chunk_rows=64,
+        split={"rule": "explicit-chunks", "eval_chunks": [0, 1]},
+    )
     w.write({"h": np.ones((128, 4), np.float32)})
     w.close()
     store = ActivationStore(tmp_path / "s.zarr")

@@ -14,9 +14,22 @@ from osae.train.fit import fit
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ev")
     write_toy_store(root / "toy.zarr", ToyConfig(d=16, n_atoms=32, m=3, n=8000, n_eval=1000))
-    specs = [SAESpec("osae", s, {"d_sae": 32, "k": 3}, lr=3e-3) for s in (0, 1)] + [SAESpec("osae", 0, {"d_sae": 64, "k": 3}, lr=3e-3)]
-    fit(TrainConfig(store=str(root / "toy.zarr"), out=str(root / "run"), saes=specs, tokens=256 * 30, batch_size=256,
-                    buffer_bytes=2**20, lr_warmup_steps=2, normalization="none"), progress=False)
+    specs = [SAESpec("osae", s, {"d_sae": 32, "k": 3}, lr=3e-3) for s in (0, 1)] + [
+        SAESpec("osae", 0, {"d_sae": 64, "k": 3}, lr=3e-3)
+    ]
+    fit(
+        TrainConfig(
+            store=str(root / "toy.zarr"),
+            out=str(root / "run"),
+            saes=specs,
+            tokens=256 * 30,
+            batch_size=256,
+            buffer_bytes=2**20,
+            lr_warmup_steps=2,
+            normalization="none",
+        ),
+        progress=False,
+    )
     return root
 
 
@@ -34,7 +47,17 @@ def test_evaluate_reports_every_sae_and_pair_with_ground_truth(run, tmp_path):
     assert len(st) == 2 and st[0]["large"] == "osae-K64-k3-s0"
     assert abs(st[0]["novel_fraction"] + st[0]["reconstruction_fraction"] + st[0]["no_change_fraction"] - 1) < 1e-9
     m = result["saes"]["osae-K32-k3-s0"]
-    for key in ("fvu", "mse", "cosine", "l0", "dead_fraction", "power_law_exponent", "power_law_r2", "stab_gt", "ord_gt"):
+    for key in (
+        "fvu",
+        "mse",
+        "cosine",
+        "l0",
+        "dead_fraction",
+        "power_law_exponent",
+        "power_law_r2",
+        "stab_gt",
+        "ord_gt",
+    ):
         assert m[key] is not None, key
     assert m["ce_loss_recovered"] is None and "lm" in result["notes"]  # a synthetic store names no model
     assert result["pairs"][0]["stab_z"] is not None and -1 <= result["pairs"][0]["ord_z"] <= 1
@@ -50,6 +73,7 @@ def test_evaluate_reports_every_sae_and_pair_with_ground_truth(run, tmp_path):
 def test_evaluate_refuses_a_store_of_another_width(run, tmp_path):
     w = StoreWriter.create(tmp_path / "other.zarr", hooks={"toy": hook_spec(None, 8, "float32")}, has_tokens=False)
     import numpy as np
+
     w.write({"toy": np.zeros((600, 8), np.float32)})
     w.close()
     proc = _osae("evaluate", run / "run", "--store", tmp_path / "other.zarr")

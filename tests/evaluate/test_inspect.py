@@ -24,12 +24,30 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     root = tmp_path_factory.mktemp("inspect")
-    harvest(HarvestConfig(out=str(root / "s.zarr"), layers=[1], tokens=6000, context_size=32, store_dtype="float32",
-                          eval_fraction=0.3), progress=False)
+    harvest(
+        HarvestConfig(
+            out=str(root / "s.zarr"), layers=[1], tokens=6000, context_size=32, store_dtype="float32", eval_fraction=0.3
+        ),
+        progress=False,
+    )
     # Latent i of the identity SAE is exactly max(x_i, 0): its top activations are known from the rows.
     save_frozen(identity_sae(256), root / "ident", {"hook": HOOK, "normalization": {"kind": "none"}})
-    proc = _osae("inspect", root / "ident", "--store", root / "s.zarr", "--out", root / "page.html",
-                 "--latents", "0:8", "--top", "3", "--before", "5", "--after", "2")
+    proc = _osae(
+        "inspect",
+        root / "ident",
+        "--store",
+        root / "s.zarr",
+        "--out",
+        root / "page.html",
+        "--latents",
+        "0:8",
+        "--top",
+        "3",
+        "--before",
+        "5",
+        "--after",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     return root, (root / "page.html").read_text()
 
@@ -57,8 +75,11 @@ def test_rates_and_top_examples_match_a_brute_force_scan(page):
         best = rows[np.argsort(-x[:, i], kind="stable")[:3]]
         shown = [int(r) for r in re.findall(r'<li data-row="(\d+)"', section)]
         assert shown == best.tolist()
-        focus = re.search(r'<li data-row="\d+"><span class="value">([\d.]+)</span>.*?class="tok focus" title="([\d.]+)"',
-                          section, flags=re.DOTALL)
+        focus = re.search(
+            r'<li data-row="\d+"><span class="value">([\d.]+)</span>.*?class="tok focus" title="([\d.]+)"',
+            section,
+            flags=re.DOTALL,
+        )
         assert float(focus.group(1)) == pytest.approx(x[:, i].max(), abs=1e-3)
         assert float(focus.group(2)) == pytest.approx(x[:, i].max(), abs=1e-3)
     assert int(tokens[best[0]]) >= 0  # the focus row holds a real token
@@ -70,17 +91,29 @@ def test_the_page_renders_in_headless_chromium_with_its_filter(page, tmp_path):
             pytest.fail("OSAE_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
         pytest.skip("chromium is not installed (CI installs it)")
     root, _ = page
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     url = (root / "page.html").as_uri()
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     # The summary line is written by the page's script: its presence shows the script ran in the browser.
     assert re.search(r'id="summary">showing 8 of 8 latents<', dom.stdout), dom.stdout[:2000]
     shot = tmp_path / "page.png"
-    subprocess.run([CHROMIUM, *flags, "--window-size=1200,900", f"--screenshot={shot}", url], capture_output=True,
-                   timeout=120, check=True)
+    subprocess.run(
+        [CHROMIUM, *flags, "--window-size=1200,900", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank
 
 

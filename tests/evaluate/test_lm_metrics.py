@@ -15,8 +15,12 @@ pytestmark = pytest.mark.skipif(not (EMBEDDED_DIR / "config.json").exists(), rea
 def harvested(tmp_path_factory):
     # A trained model, so that ablating its residual stream really costs loss (a random one barely cares).
     root = tmp_path_factory.mktemp("lm")
-    harvest(HarvestConfig(out=str(root / "s.zarr"), layers=[1], tokens=8000, context_size=32, store_dtype="float32",
-                          eval_fraction=0.3), progress=False)
+    harvest(
+        HarvestConfig(
+            out=str(root / "s.zarr"), layers=[1], tokens=8000, context_size=32, store_dtype="float32", eval_fraction=0.3
+        ),
+        progress=False,
+    )
     return load_model(None, device="cpu").model, ActivationStore(root / "s.zarr")
 
 
@@ -40,7 +44,9 @@ def test_a_useless_reconstruction_recovers_nothing(harvested):
 def test_progressive_ce_equals_the_ce_of_an_sae_cut_to_its_first_g_latents(harvested):
     model, store = harvested
     hook = "blocks.1.hook_resid_post"
-    m = lm_metrics(model, identity_sae(256), Normalizer("none"), store, hook, max_tokens=1000, granularities=[64, 300, 512])
+    m = lm_metrics(
+        model, identity_sae(256), Normalizer("none"), store, hook, max_tokens=1000, granularities=[64, 300, 512]
+    )
     assert set(m["progressive_ce"]) == {64, 300, 512}
     assert m["progressive_ce"][512] == m["ce_loss_spliced"]
     for g in (64, 300):

@@ -47,9 +47,9 @@ def test_a_perfect_reconstruction_has_fvu_zero(toy):
 
 def test_a_known_power_law_is_recovered():
     r = np.arange(1, 2001)
-    fit = power_law(3.0 * r ** -0.8)
+    fit = power_law(3.0 * r**-0.8)
     assert fit["exponent"] == pytest.approx(-0.8, abs=1e-9) and fit["r2"] == pytest.approx(1.0)
-    noisy = power_law(3.0 * r ** -1.2 * np.exp(np.random.default_rng(0).normal(0, 0.05, len(r))))
+    noisy = power_law(3.0 * r**-1.2 * np.exp(np.random.default_rng(0).normal(0, 0.05, len(r))))
     assert noisy["exponent"] == pytest.approx(-1.2, abs=0.02) and noisy["r2"] > 0.99
 
 
@@ -77,5 +77,5 @@ def test_sparsity_statistics_match_the_dense_code_for_every_kind_of_code(toy, ar
     assert m["l0"] == pytest.approx(float((z > 0).sum(1).double().mean()), rel=1e-9)
     assert m["l1"] == pytest.approx(float(z.abs().sum(1).mean()), rel=1e-5)
     np.testing.assert_allclose(m["freq"], (z > 0).double().mean(0).numpy(), rtol=1e-12)
-    np.testing.assert_allclose(m["ea2"], (z ** 2).mean(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(m["ea2"], (z**2).mean(0).numpy(), rtol=1e-5)
     assert m["dead_fraction"] == pytest.approx(float(((z > 0).sum(0) == 0).double().mean()))

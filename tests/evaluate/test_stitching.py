@@ -23,8 +23,13 @@ def test_stitching_finds_exactly_the_atoms_the_small_sae_lacks(tmp_path):
     rng = np.random.default_rng(0)
     y = np.abs(rng.standard_normal((3000, 12))) * (rng.random((3000, 12)) < 0.3)  # atoms 12..15 never used
     x = (y @ basis[:12].numpy()).astype(np.float32)
-    w = StoreWriter.create(tmp_path / "s.zarr", hooks={"h": hook_spec(None, d, "float32")}, has_tokens=False,
-                           chunk_rows=256, split={"rule": "explicit-chunks", "eval_chunks": list(range(12))})
+    w = StoreWriter.create(
+        tmp_path / "s.zarr",
+        hooks={"h": hook_spec(None, d, "float32")},
+        has_tokens=False,
+        chunk_rows=256,
+        split={"rule": "explicit-chunks", "eval_chunks": list(range(12))},
+    )
     w.write({"h": x})
     w.close()
     small = (_projector(basis[:6]), {"normalization": {"kind": "none"}})
@@ -56,14 +61,23 @@ def test_stitching_is_the_same_in_any_units(tmp_path):
     rng = np.random.default_rng(1)
     y = np.abs(rng.standard_normal((3000, 12))) * (rng.random((3000, 12)) < 0.3)
     x = (y @ basis[:12].numpy()).astype(np.float32)
-    w = StoreWriter.create(tmp_path / "s.zarr", hooks={"h": hook_spec(None, d, "float32")}, has_tokens=False,
-                           chunk_rows=256, split={"rule": "explicit-chunks", "eval_chunks": list(range(12))})
+    w = StoreWriter.create(
+        tmp_path / "s.zarr",
+        hooks={"h": hook_spec(None, d, "float32")},
+        has_tokens=False,
+        chunk_rows=256,
+        split={"rule": "explicit-chunks", "eval_chunks": list(range(12))},
+    )
     w.write({"h": x})
     w.close()
     store = ActivationStore(tmp_path / "s.zarr")
     mean, inv_std = torch.from_numpy(x.mean(0)).double(), torch.rand(d, generator=g, dtype=torch.float64) + 0.5
-    raw = stitching((_projector(basis[:6].float()), {"normalization": {"kind": "none"}}),
-                    (_projector(basis.float()), {"normalization": {"kind": "none"}}), store, "h")
+    raw = stitching(
+        (_projector(basis[:6].float()), {"normalization": {"kind": "none"}}),
+        (_projector(basis.float()), {"normalization": {"kind": "none"}}),
+        store,
+        "h",
+    )
     small = _standardized(basis[:6], mean, inv_std)
     large = _standardized(basis, mean, inv_std)
     std = stitching((small[0].double(), small[1]), (large[0].double(), large[1]), store, "h")

@@ -26,8 +26,13 @@ def test_the_embedded_model_is_small_and_has_a_model_card():
 def test_harvest_without_a_model_uses_the_embedded_one_offline(tmp_path):
     out = tmp_path / "acts.zarr"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "osae", "harvest", "--layer", "3", "--tokens", "3000", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "osae", "harvest", "--layer", "3", "--tokens", "3000", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     store = ActivationStore(out)
     assert list(store.hooks) == ["blocks.3.hook_resid_post"] and store.d_model("blocks.3.hook_resid_post") == 256

@@ -39,9 +39,20 @@ def _reference(model_dir, windows: np.ndarray):
 @pytest.mark.parametrize("kind", KINDS)
 def test_stored_activations_equal_a_direct_forward(kind, models, texts, tmp_path):
     out = tmp_path / "a.zarr"
-    harvest(HarvestConfig(out=str(out), model=str(models[kind]), layers=[0, 1], hook="resid_post",
-                          dataset=str(texts), tokens=2000, context_size=32, batch_size=7, store_dtype="float32"),
-            progress=False)
+    harvest(
+        HarvestConfig(
+            out=str(out),
+            model=str(models[kind]),
+            layers=[0, 1],
+            hook="resid_post",
+            dataset=str(texts),
+            tokens=2000,
+            context_size=32,
+            batch_size=7,
+            store_dtype="float32",
+        ),
+        progress=False,
+    )
     store = ActivationStore(out)
     assert store.complete and store.n_tokens == 65 * 31  # whole windows of 31 stored rows
     n_seq = store.n_sequences
@@ -63,8 +74,19 @@ def test_stored_activations_equal_a_direct_forward(kind, models, texts, tmp_path
 
 def test_resid_pre_and_float16_storage(models, texts, tmp_path):
     out = tmp_path / "pre.zarr"
-    harvest(HarvestConfig(out=str(out), model=str(models["gpt_neox"]), layers=[2], hook="resid_pre",
-                          dataset=str(texts), tokens=600, context_size=16, include_bos=True), progress=False)
+    harvest(
+        HarvestConfig(
+            out=str(out),
+            model=str(models["gpt_neox"]),
+            layers=[2],
+            hook="resid_pre",
+            dataset=str(texts),
+            tokens=600,
+            context_size=16,
+            include_bos=True,
+        ),
+        progress=False,
+    )
     store = ActivationStore(out)
     assert store.dtype("blocks.2.hook_resid_pre") == "float16"
     windows = store.array("sequences/context")[: store.n_sequences]
@@ -93,8 +115,20 @@ def test_document_windows_store_no_padding(models, texts, tmp_path):
     paragraphs = [p for f in sorted(texts.iterdir()) for p in f.read_text().split("\n\n") if p.strip()]
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"body": p}) + "\n" for p in paragraphs))
-    harvest(HarvestConfig(out=str(out), model=str(models["llama"]), layers=[1], dataset=str(docs), text_column="body",
-                          tokens=1500, context_size=64, windows="document", store_dtype="float32"), progress=False)
+    harvest(
+        HarvestConfig(
+            out=str(out),
+            model=str(models["llama"]),
+            layers=[1],
+            dataset=str(docs),
+            text_column="body",
+            tokens=1500,
+            context_size=64,
+            windows="document",
+            store_dtype="float32",
+        ),
+        progress=False,
+    )
     store = ActivationStore(out)
     ctx = store.array("sequences/context")[: store.n_sequences]
     lengths = (ctx >= 0).sum(1) - 1
@@ -118,16 +152,42 @@ def test_two_processes_write_the_same_store_as_one(models, texts, tmp_path):
     one = subprocess.run(_cli(*base, "--out", str(tmp_path / "one.zarr")), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "osae", "harvest", *base, "--out", str(tmp_path / "two.zarr")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "osae",
+            "harvest",
+            *base,
+            "--out",
+            str(tmp_path / "two.zarr"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = ActivationStore(tmp_path / "one.zarr"), ActivationStore(tmp_path / "two.zarr")
     assert b.meta["provenance"]["processes"] == 2 and a.n_tokens == b.n_tokens and b.complete
     for path in ("tokens", "seq_id", "position"):
         np.testing.assert_array_equal(a.read_rows(path, 0, a.n_tokens), b.read_rows(path, 0, b.n_tokens))
-    np.testing.assert_allclose(a.read_acts("blocks.1.hook_resid_post", 0, a.n_tokens),
-                               b.read_acts("blocks.1.hook_resid_post", 0, b.n_tokens), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        a.read_acts("blocks.1.hook_resid_post", 0, a.n_tokens),
+        b.read_acts("blocks.1.hook_resid_post", 0, b.n_tokens),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     np.testing.assert_array_equal(a.array("sequences/context")[:], b.array("sequences/context")[:])
     assert verify_store(tmp_path / "two.zarr")["ok"]
 
@@ -139,8 +199,13 @@ def test_a_killed_harvest_resumes_to_the_uninterrupted_result(models, texts, tmp
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "cut.zarr"
     # The run SIGKILLs itself right after its first commit record is durable (osae.faults).
-    proc = subprocess.run(_cli(*base, "--out", str(out)), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OSAE_KILL_AT": "store-commit:1"})
+    proc = subprocess.run(
+        _cli(*base, "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OSAE_KILL_AT": "store-commit:1"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     cut = ActivationStore(out, quiet=True)
     assert cut.n_tokens == cut.shard_rows < 9000 and not cut.complete  # one process: one shard a round
@@ -152,8 +217,14 @@ def test_a_killed_harvest_resumes_to_the_uninterrupted_result(models, texts, tmp
 
 
 def test_identical_arguments_on_a_complete_store_do_nothing_and_others_are_refused(models, texts, tmp_path):
-    cfg = dict(out=str(tmp_path / "s.zarr"), model=str(models["gpt2"]), layers=[1], dataset=str(texts), tokens=500,
-               context_size=16)
+    cfg = dict(
+        out=str(tmp_path / "s.zarr"),
+        model=str(models["gpt2"]),
+        layers=[1],
+        dataset=str(texts),
+        tokens=500,
+        context_size=16,
+    )
     harvest(HarvestConfig(**cfg), progress=False)
     assert harvest(HarvestConfig(**cfg), progress=False)["already_complete"]
     with pytest.raises(StoreError, match="other arguments .*layers"):
@@ -180,8 +251,9 @@ def test_bad_input_gets_one_clear_line(models, texts, tmp_path):
     _one_line_error(["harvest", "--model", m, "--layer", "7", "--out", out, "--dataset", str(texts)], "layers 0..2")
     _one_line_error(["harvest", "--model", m, "--hook", "resid_mid", "--out", out], "unknown hook 'resid_mid'")
     _one_line_error(["harvest", "--model", m, "--tokens", "0", "--out", out], "--tokens must be positive")
-    _one_line_error(["harvest", "--model", "no-such-org/no-such-model", "--out", out, "--dataset", str(texts)],
-                    "offline choices")
+    _one_line_error(
+        ["harvest", "--model", "no-such-org/no-such-model", "--out", out, "--dataset", str(texts)], "offline choices"
+    )
     _one_line_error(["harvest", "--model", "nonsense", "--out", out], "unknown model 'nonsense'")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -190,4 +262,6 @@ def test_bad_input_gets_one_clear_line(models, texts, tmp_path):
     assert not (tmp_path / "x.zarr").exists()  # nothing was created for a run that could not start
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text(json.dumps({"content": "def f(): pass"}) + "\n")
-    _one_line_error(["harvest", "--model", m, "--dataset", str(jsonl), "--out", out + "2", "--layer", "1"], "no 'text' field")
+    _one_line_error(
+        ["harvest", "--model", m, "--dataset", str(jsonl), "--out", out + "2", "--layer", "1"], "no 'text' field"
+    )

@@ -63,10 +63,27 @@ def hub(tmp_path_factory):
 
 
 def harvest(hub, out: Path, *extra) -> subprocess.CompletedProcess:
-    args = ["harvest", "--model", hub["model"], "--dataset", HUB_ID, "--text-column", "content", "--layer", "1",
-            "--context-size", CONTEXT, "--batch-size", 4, "--out", out, *extra]
-    return subprocess.run([sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=hub["env"])
+    args = [
+        "harvest",
+        "--model",
+        hub["model"],
+        "--dataset",
+        HUB_ID,
+        "--text-column",
+        "content",
+        "--layer",
+        "1",
+        "--context-size",
+        CONTEXT,
+        "--batch-size",
+        4,
+        "--out",
+        out,
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True, timeout=300, env=hub["env"]
+    )
 
 
 def packed_stream(model_dir: Path, docs: list[str]) -> np.ndarray:
@@ -106,10 +123,22 @@ def test_a_missing_column_of_a_hub_dataset_is_one_line(hub, tmp_path):
 
 
 def test_an_unreachable_uncached_hub_dataset_is_one_line(hub, tmp_path):
-    args = ["harvest", "--model", hub["model"], "--dataset", "osae-test/not_cached", "--layer", "1", "--tokens", 100,
-            "--out", tmp_path / "x.zarr"]
-    proc = subprocess.run([sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=hub["env"])
+    args = [
+        "harvest",
+        "--model",
+        hub["model"],
+        "--dataset",
+        "osae-test/not_cached",
+        "--layer",
+        "1",
+        "--tokens",
+        100,
+        "--out",
+        tmp_path / "x.zarr",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True, timeout=300, env=hub["env"]
+    )
     lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("WARNING", "INFO"))]
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "cannot load dataset 'osae-test/not_cached'" in lines[0] and "python-stdlib" in lines[0], lines[0]

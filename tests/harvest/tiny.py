@@ -6,7 +6,16 @@ from pathlib import Path
 
 import torch
 
-TEXT_FILES = ["json/decoder.py", "textwrap.py", "string.py", "bisect.py", "heapq.py", "shlex.py", "fnmatch.py", "glob.py"]
+TEXT_FILES = [
+    "json/decoder.py",
+    "textwrap.py",
+    "string.py",
+    "bisect.py",
+    "heapq.py",
+    "shlex.py",
+    "fnmatch.py",
+    "glob.py",
+]
 
 
 def tiny_tokenizer(vocab: int = 300):
@@ -20,28 +29,64 @@ def tiny_tokenizer(vocab: int = 300):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                        show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
 
 
 def tiny_config(kind: str, vocab: int):
     from transformers import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig
 
     if kind == "gpt_neox":
-        return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                             intermediate_size=64, rotary_pct=0.25, bos_token_id=0, eos_token_id=0)
+        return GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            rotary_pct=0.25,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
     if kind == "gemma2":
-        return Gemma2Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                            num_key_value_heads=2, head_dim=8, intermediate_size=64, bos_token_id=0, eos_token_id=0,
-                            pad_token_id=0, sliding_window=16)
+        return Gemma2Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+            sliding_window=16,
+        )
     if kind == "gpt2":
-        return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0)
+        return GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0
+        )
     if kind == "llama":
-        return LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                           num_key_value_heads=2, intermediate_size=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        return LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
     raise ValueError(kind)
 
 

@@ -16,14 +16,20 @@ from osae.store import ActivationStore, import_activations
 
 
 def _osae(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _kill_after_first_commit(src, out):
     """Run an import that SIGKILLs itself right after its first commit (OSAE_KILL_AT, osae.faults)."""
-    proc = subprocess.run([sys.executable, "-m", "osae", "store", "import", str(src), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OSAE_KILL_AT": "store-commit:1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "osae", "store", "import", str(src), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OSAE_KILL_AT": "store-commit:1"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     store = ActivationStore(out)
     assert store.n_tokens == store.shard_rows and not store.complete  # exactly the first shard is committed
@@ -39,7 +45,9 @@ def test_npy_round_trip_is_bit_exact(tmp_path, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((70_001, 48)).astype(dtype)  # not a multiple of any chunk size
     np.save(tmp_path / "a.npy", x)
-    proc = _osae("store", "import", tmp_path / "a.npy", "--out", tmp_path / "s.zarr", "--hook", "blocks.2.hook_resid_post")
+    proc = _osae(
+        "store", "import", tmp_path / "a.npy", "--out", tmp_path / "s.zarr", "--hook", "blocks.2.hook_resid_post"
+    )
     assert proc.returncode == 0, proc.stderr
     store = ActivationStore(tmp_path / "s.zarr")
     assert store.hooks["blocks.2.hook_resid_post"] == {"layer": 2, "hook": "resid_post", "d_model": 48, "dtype": dtype}
@@ -81,8 +89,10 @@ def test_a_directory_imports_in_natural_order_and_safetensors_carry_several_hook
     assert _osae("store", "import", src, "--out", tmp_path / "s.zarr").returncode == 0
     assert np.array_equal(_all_rows(tmp_path / "s.zarr", "imported"), np.concatenate([parts[2], parts[0], parts[1]]))
     a, b = rng.standard_normal((2, 400, 16)).astype(np.float32)
-    save_file({"blocks.1.hook_resid_post": torch.from_numpy(a), "blocks.2.hook_resid_post": torch.from_numpy(b)},
-              tmp_path / "two.safetensors")
+    save_file(
+        {"blocks.1.hook_resid_post": torch.from_numpy(a), "blocks.2.hook_resid_post": torch.from_numpy(b)},
+        tmp_path / "two.safetensors",
+    )
     assert _osae("store", "import", tmp_path / "two.safetensors", "--out", tmp_path / "t.zarr").returncode == 0
     assert np.array_equal(_all_rows(tmp_path / "t.zarr", "blocks.2.hook_resid_post"), b)
     assert np.array_equal(_all_rows(tmp_path / "t.zarr", "blocks.1.hook_resid_post"), a)
@@ -97,8 +107,12 @@ def test_a_saelens_cache_written_with_datasets_imports_with_its_tokens(tmp_path)
     toks = rng.integers(0, 5000, (n_seq, ctx)).astype(np.int32)
     hook = "blocks.3.hook_resid_post"
     # The layout SAELens' CacheActivationsRunner writes: one Array2D column per hook plus token_ids.
-    features = Features({hook: Array2D(shape=(ctx, d), dtype="float32"), "token_ids": Sequence(Value("int32"), length=ctx)})
-    Dataset.from_dict({hook: acts, "token_ids": toks}, features=features).save_to_disk(str(tmp_path / "cache"), num_shards=3)
+    features = Features(
+        {hook: Array2D(shape=(ctx, d), dtype="float32"), "token_ids": Sequence(Value("int32"), length=ctx)}
+    )
+    Dataset.from_dict({hook: acts, "token_ids": toks}, features=features).save_to_disk(
+        str(tmp_path / "cache"), num_shards=3
+    )
     proc = _osae("store", "import", tmp_path / "cache", "--out", tmp_path / "s.zarr", "--model", "pythia-70m")
     assert proc.returncode == 0, proc.stderr
     store = ActivationStore(tmp_path / "s.zarr")
@@ -174,9 +188,13 @@ def test_a_killed_import_resumes_to_the_same_store(tmp_path):
     assert "resumed after" in resumed.stdout
     assert np.array_equal(_all_rows(out, "imported"), x)
     import_activations(tmp_path / "big.npy", tmp_path / "fresh.zarr", progress=False)
-    assert ActivationStore(out).meta["commit"]["stats"] == ActivationStore(tmp_path / "fresh.zarr").meta["commit"]["stats"]
-    assert json.loads(_osae("store", "info", out, "--json").stdout)["fingerprint"] == \
-        json.loads(_osae("store", "info", tmp_path / "fresh.zarr", "--json").stdout)["fingerprint"]
+    assert (
+        ActivationStore(out).meta["commit"]["stats"] == ActivationStore(tmp_path / "fresh.zarr").meta["commit"]["stats"]
+    )
+    assert (
+        json.loads(_osae("store", "info", out, "--json").stdout)["fingerprint"]
+        == json.loads(_osae("store", "info", tmp_path / "fresh.zarr", "--json").stdout)["fingerprint"]
+    )
 
 
 def test_a_harvested_store_exported_with_tokens_imports_back_with_the_same_tokens(tmp_path):
@@ -185,8 +203,10 @@ def test_a_harvested_store_exported_with_tokens_imports_back_with_the_same_token
 
     if not (EMBEDDED_DIR / "config.json").exists():
         pytest.skip("the embedded model is not built")
-    harvest(HarvestConfig(out=str(tmp_path / "h.zarr"), layers=[1], tokens=3000, context_size=32, store_dtype="float16"),
-            progress=False)
+    harvest(
+        HarvestConfig(out=str(tmp_path / "h.zarr"), layers=[1], tokens=3000, context_size=32, store_dtype="float16"),
+        progress=False,
+    )
     src = ActivationStore(tmp_path / "h.zarr")
     hook = src.resolve_hook(None)
     assert _osae("store", "export", tmp_path / "h.zarr", "--out", tmp_path / "h.safetensors").returncode == 0
@@ -219,7 +239,10 @@ def test_dropped_sequences_keep_windows_and_rows_in_step(tmp_path):
     acts, toks = _sequences_file(tmp_path, 40, 16, 8)
     acts[3] = np.nan  # a whole sequence goes
     acts[7, 5, 0] = np.inf  # one row of another
-    save_file({"blocks.0.hook_resid_post": torch.from_numpy(acts), "tokens": torch.from_numpy(toks)}, tmp_path / "s.safetensors")
+    save_file(
+        {"blocks.0.hook_resid_post": torch.from_numpy(acts), "tokens": torch.from_numpy(toks)},
+        tmp_path / "s.safetensors",
+    )
     proc = _osae("store", "import", tmp_path / "s.safetensors", "--out", tmp_path / "s.zarr", "--drop-nonfinite")
     assert proc.returncode == 0, proc.stderr
     store = ActivationStore(tmp_path / "s.zarr")
@@ -244,8 +267,10 @@ def test_a_killed_sequence_import_resumes_with_whole_windows(tmp_path):
 def test_append_refuses_longer_sequences_than_the_store_windows(tmp_path):
     for name, ctx in (("short", 8), ("long", 12)):
         acts, toks = _sequences_file(tmp_path, 10, ctx, 4)
-        save_file({"blocks.0.hook_resid_post": torch.from_numpy(acts), "tokens": torch.from_numpy(toks)},
-                  tmp_path / f"{name}.safetensors")
+        save_file(
+            {"blocks.0.hook_resid_post": torch.from_numpy(acts), "tokens": torch.from_numpy(toks)},
+            tmp_path / f"{name}.safetensors",
+        )
     assert _osae("store", "import", tmp_path / "short.safetensors", "--out", tmp_path / "s.zarr").returncode == 0
     proc = _osae("store", "import", tmp_path / "long.safetensors", "--out", tmp_path / "s.zarr", "--append")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "windows of 8 positions" in proc.stderr

@@ -50,7 +50,9 @@ def test_stream_is_deterministic_and_differs_by_seed_and_epoch(store):
     c = np.concatenate([r for _, r in _epoch(s, seed=4)[1]])
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    ld = ShuffledLoader(s, HOOK, LoaderConfig(batch_size=100, buffer_bytes=2**16, seed=3, drop_last=False), with_rows=True)
+    ld = ShuffledLoader(
+        s, HOOK, LoaderConfig(batch_size=100, buffer_bytes=2**16, seed=3, drop_last=False), with_rows=True
+    )
     it = iter(ld)
     n = ld.batches_per_epoch()
     first = np.concatenate([next(it)[1].copy() for _ in range(n)])
@@ -187,8 +189,14 @@ def test_direct_chunk_reads_equal_zarr_reads(tmp_path):
 def test_zarr_and_direct_paths_give_the_same_stream(store, direct):
     s, data = store
     ref = [r.copy() for _, r in _epoch(s, seed=5)[1]]
-    cfg = LoaderConfig(batch_size=100, buffer_bytes=8 * 256 * 16 * 4, drop_last=False, seed=5, direct_reads=direct,
-                       verify_checksums=False)
+    cfg = LoaderConfig(
+        batch_size=100,
+        buffer_bytes=8 * 256 * 16 * 4,
+        drop_last=False,
+        seed=5,
+        direct_reads=direct,
+        verify_checksums=False,
+    )
     got = [(x.clone(), r.copy()) for x, r in ShuffledLoader(s, HOOK, cfg, with_rows=True).epoch_batches()]
     for (x, r), r0 in zip(got, ref):
         np.testing.assert_array_equal(r, r0)
@@ -222,8 +230,14 @@ def test_slice_mode_ranks_split_exactly_the_one_process_batches(store):
     ref = [r.copy() for _, r in single.epoch_batches()]
     parts = []
     for rank in range(2):
-        ld = ShuffledLoader(s, HOOK, LoaderConfig(batch_size=50, buffer_bytes=2**16, seed=4, rank_mode="slice"),
-                            rank=rank, world_size=2, with_rows=True)
+        ld = ShuffledLoader(
+            s,
+            HOOK,
+            LoaderConfig(batch_size=50, buffer_bytes=2**16, seed=4, rank_mode="slice"),
+            rank=rank,
+            world_size=2,
+            with_rows=True,
+        )
         parts.append([r.copy() for _, r in ld.epoch_batches()])
     assert len(parts[0]) == len(parts[1]) == len(ref)
     for b, r in enumerate(ref):

@@ -76,7 +76,9 @@ def s3_server(tmp_path_factory):
     log_file = open(log, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
     )
     try:
         _wait_for_port(port, proc, log)
@@ -100,8 +102,13 @@ def s3_server(tmp_path_factory):
 
 def _s3_client(endpoint: str):
     """A plain boto3 client, independent of osae's fsspec path, to look at the bucket directly."""
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def _s3_keys(endpoint: str, prefix: str) -> set[str]:
@@ -197,12 +204,20 @@ def _assert_same_rows(store: ActivationStore, data: dict) -> None:
     np.testing.assert_array_equal(store.read_acts(HOOK, 0, store.n_tokens), data["acts"][HOOK])
     for k in ("tokens", "seq_id", "position"):
         np.testing.assert_array_equal(store.read_rows(k, 0, store.n_tokens), data[k])
-    np.testing.assert_array_equal(store.array("sequences/row_start")[:], np.arange(SMALL["n_seqs"]) * (SMALL["ctx"] - 1))
+    np.testing.assert_array_equal(
+        store.array("sequences/row_start")[:], np.arange(SMALL["n_seqs"]) * (SMALL["ctx"] - 1)
+    )
 
 
 def _osae(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "osae.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OSAE_DEBUG": ""}, cwd=Path(__file__).parents[2])
+    return subprocess.run(
+        [sys.executable, "-m", "osae.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OSAE_DEBUG": ""},
+        cwd=Path(__file__).parents[2],
+    )
 
 
 # -- S3 -------------------------------------------------------------------------------------------

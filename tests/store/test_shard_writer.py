@@ -13,13 +13,23 @@ CHUNK, SHARD = 256, 2048
 
 def _rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {f"acts/{HOOK}": random_rows(rng, n, 8, "float16"), "tokens": np.arange(n, dtype=np.int32),
-            "seq_id": (np.arange(n) // 10).astype(np.int64), "position": (np.arange(n) % 10).astype(np.int32)}
+    return {
+        f"acts/{HOOK}": random_rows(rng, n, 8, "float16"),
+        "tokens": np.arange(n, dtype=np.int32),
+        "seq_id": (np.arange(n) // 10).astype(np.int64),
+        "position": (np.arange(n) % 10).astype(np.int32),
+    }
 
 
 def _create(path, writer_type):
-    return writer_type.create(path, hooks={HOOK: hook_spec(3, 8, "float16")}, has_tokens=True, context_size=10,
-                              chunk_rows=CHUNK, split={"rule": "hash-chunks", "eval_fraction": 0.1, "seed": 0})
+    return writer_type.create(
+        path,
+        hooks={HOOK: hook_spec(3, 8, "float16")},
+        has_tokens=True,
+        context_size=10,
+        chunk_rows=CHUNK,
+        split={"rule": "hash-chunks", "eval_fraction": 0.1, "seed": 0},
+    )
 
 
 def _shard(rows, k, n):
@@ -50,8 +60,9 @@ def test_shards_from_several_sinks_make_the_store_one_buffered_writer_makes(tmp_
 
     buffered = _create(tmp_path / "buffered.zarr", StoreWriter)
     buffered.add_sequences(np.arange(0, n, 10), np.tile(np.arange(10, dtype=np.int32), (-(-n // 10), 1)))
-    buffered.write({HOOK: rows[f"acts/{HOOK}"]}, tokens=rows["tokens"], seq_id=rows["seq_id"],
-                   position=rows["position"])
+    buffered.write(
+        {HOOK: rows[f"acts/{HOOK}"]}, tokens=rows["tokens"], seq_id=rows["seq_id"], position=rows["position"]
+    )
     buffered.close()
 
     a, b = ActivationStore(tmp_path / "shards.zarr"), ActivationStore(tmp_path / "buffered.zarr")

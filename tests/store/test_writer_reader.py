@@ -63,7 +63,9 @@ def test_running_statistics_match_the_rows(tmp_path):
 
 def test_uncommitted_rows_are_invisible_until_their_shard_commits(tmp_path):
     rng = np.random.default_rng(0)
-    w = StoreWriter.create(tmp_path / "s.zarr", hooks={HOOK: hook_spec(3, 8, "float32")}, has_tokens=False, chunk_rows=256)
+    w = StoreWriter.create(
+        tmp_path / "s.zarr", hooks={HOOK: hook_spec(3, 8, "float32")}, has_tokens=False, chunk_rows=256
+    )
     w.write({HOOK: random_rows(rng, 1000, 8, "float32")})
     reader = ActivationStore(tmp_path / "s.zarr")
     assert reader.n_tokens == 0 and not reader.complete  # one shard is 2048 rows: nothing committed yet
@@ -105,7 +107,9 @@ def test_verify_finds_a_corrupt_and_a_missing_chunk(tmp_path):
 
 def test_verify_reports_non_finite_rows(tmp_path):
     rng = np.random.default_rng(0)
-    w = StoreWriter.create(tmp_path / "s.zarr", hooks={HOOK: hook_spec(3, 8, "float16")}, has_tokens=False, chunk_rows=256)
+    w = StoreWriter.create(
+        tmp_path / "s.zarr", hooks={HOOK: hook_spec(3, 8, "float16")}, has_tokens=False, chunk_rows=256
+    )
     x = random_rows(rng, 600, 8, "float16")
     x[300, 2] = np.nan
     x[301, 0] = np.inf
@@ -193,8 +197,13 @@ def _spawn_writer(tmp_path, path, n_shards, pause, kill_at=None):
     env = {k: v for k, v in os.environ.items() if k != "OSAE_KILL_AT"}
     if kill_at:
         env["OSAE_KILL_AT"] = kill_at
-    return subprocess.Popen([sys.executable, str(script), str(path), str(n_shards), str(pause)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(path), str(n_shards), str(pause)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_killed_writer_leaves_committed_rows_and_resumes_to_the_same_store(tmp_path):
@@ -290,7 +299,10 @@ def test_a_corrupt_chunk_is_a_clear_read_error(tmp_path):
 def test_a_read_only_location_is_refused_clearly(tmp_path):
     mount = tmp_path / "ro"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)]).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)]).returncode
+    ):
         pytest.skip("needs root to mount a read-only tmpfs")
     try:
         with pytest.raises(StoreError, match="cannot write to .*Read-only file system"):

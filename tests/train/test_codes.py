@@ -38,7 +38,7 @@ def test_a_sparse_code_and_the_dense_code_of_its_values_agree_everywhere(layout)
     assert torch.equal(sparse.fire_counts(K), dense.fire_counts(K))
     assert torch.equal(sparse.fire_counts(K), (z > 0).sum(0))
     torch.testing.assert_close(sparse.sum_sq(K), dense.sum_sq(K))
-    torch.testing.assert_close(sparse.sum_sq(K), (z ** 2).sum(0))
+    torch.testing.assert_close(sparse.sum_sq(K), (z**2).sum(0))
     assert sparse.sum_sq(K).dtype == dense.sum_sq(K).dtype == torch.float64
     for lo, hi in ((0, K), (3, 11), (19, 20)):
         torch.testing.assert_close(sparse.columns(lo, hi), z[:, lo:hi])
@@ -58,7 +58,7 @@ def test_truncated_codes_keep_only_the_prefix_and_still_report_every_latent(layo
         torch.testing.assert_close(code.dense(K), kept)
         assert code.fired(K).shape == code.fire_counts(K).shape == code.sum_sq(K).shape == (K,)
         assert torch.equal(code.fire_counts(K), (kept > 0).sum(0))
-        torch.testing.assert_close(code.sum_sq(K), (kept ** 2).sum(0))
+        torch.testing.assert_close(code.sum_sq(K), (kept**2).sum(0))
         torch.testing.assert_close(code.columns(5, 12), kept[:, 5:12])
         assert torch.equal(code.l0(), (kept > 0).sum(1))
 

@@ -24,29 +24,61 @@ SAES = [
     SAESpec("batchtopk", 0, {"d_sae": 32, "k": 3, "threshold_start": 2}, lr=3e-3),
     SAESpec("matryoshka", 0, {"d_sae": 32, "k": 3, "threshold_start": 2}, lr=3e-3),
     SAESpec("matryoshka-random", 0, {"d_sae": 32, "k": 3, "groups": 3, "threshold_start": 2}, lr=3e-3),
-    SAESpec("osae", 0, {"d_sae": 32, "k": 3, "k_init": 12, "k_warmup_steps": 6, "sweep_start": 8, "sweep_every": 3},
-            lr=3e-3),
+    SAESpec(
+        "osae", 0, {"d_sae": 32, "k": 3, "k_init": 12, "k_warmup_steps": 6, "sweep_start": 8, "sweep_every": 3}, lr=3e-3
+    ),
     SAESpec("osae", 1, {"d_sae": 32, "k": 3, "estimator": "sample"}, lr=3e-3),
     SAESpec("relu", 0, {"d_sae": 32, "l1_coef": 0.5, "l1_warmup_steps": 5}, lr=3e-3),
     SAESpec("hybridorder", 0, {"d_sae": 32, "l1_coef": 0.05, "reorder_start": 3, "reorder_every": 11}, lr=3e-3),
 ]
 
-RUN = "import json, sys\nfrom osae.train.config import TrainConfig\nfrom osae.train.fit import fit\n" \
-      "fit(TrainConfig.from_dict(json.loads(open(sys.argv[1]).read())), progress=False)\n"
+RUN = (
+    "import json, sys\nfrom osae.train.config import TrainConfig\nfrom osae.train.fit import fit\n"
+    "fit(TrainConfig.from_dict(json.loads(open(sys.argv[1]).read())), progress=False)\n"
+)
 
 
 def _train(tmp_path, toy_store, name, processes):
     # A short dead window, so that AuxK acts within the run; accumulation exercises statistics between updates.
-    cfg = TrainConfig(store=str(toy_store), out=str(tmp_path / name), saes=SAES, tokens=256 * 24, batch_size=256,
-                      accum_steps=2, lr_warmup_steps=2, checkpoint_every=10, log_every=4, buffer_bytes=2**20,
-                      dead_window_tokens=768)
+    cfg = TrainConfig(
+        store=str(toy_store),
+        out=str(tmp_path / name),
+        saes=SAES,
+        tokens=256 * 24,
+        batch_size=256,
+        accum_steps=2,
+        lr_warmup_steps=2,
+        checkpoint_every=10,
+        log_every=4,
+        buffer_bytes=2**20,
+        dead_window_tokens=768,
+    )
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg.to_dict()))
     (tmp_path / "run.py").write_text(RUN)
-    launch = [] if processes == 1 else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                                         str(processes), "--num_machines", "1", "--mixed_precision", "no",
-                                         "--dynamo_backend", "no"]
-    done = subprocess.run([sys.executable, *launch, str(tmp_path / "run.py"), str(tmp_path / f"{name}.json")],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launch = (
+        []
+        if processes == 1
+        else [
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, *launch, str(tmp_path / "run.py"), str(tmp_path / f"{name}.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp_path / name
 

@@ -29,8 +29,18 @@ def _saelens_forward(cfg: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
 def test_exported_weights_reproduce_the_reconstruction_on_raw_activations(arch, extra, tmp_path):
     store = tmp_path / "toy.zarr"
     write_toy_store(store, ToyConfig(d=16, n_atoms=32, m=3, n=8000, n_eval=1000))
-    fit(TrainConfig(store=str(store), out=str(tmp_path / "run"), saes=[SAESpec(arch, 0, {"d_sae": 32, "k": 3, **extra})],
-                    tokens=256 * 12, batch_size=256, buffer_bytes=2**20, lr_warmup_steps=2), progress=False)
+    fit(
+        TrainConfig(
+            store=str(store),
+            out=str(tmp_path / "run"),
+            saes=[SAESpec(arch, 0, {"d_sae": 32, "k": 3, **extra})],
+            tokens=256 * 12,
+            batch_size=256,
+            buffer_bytes=2**20,
+            lr_warmup_steps=2,
+        ),
+        progress=False,
+    )
     ckpt = next(p for p in (tmp_path / "run").iterdir() if p.is_dir())
     export_saelens(ckpt, tmp_path / "out")
     cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())

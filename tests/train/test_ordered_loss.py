@@ -81,8 +81,9 @@ def test_the_hand_written_backward_passes_gradcheck_and_equals_the_gram_form():
     r, z, idx, vals, W, pi = _case(11, B=5, K=12, d=4, n=4)
     inputs = (r.clone().requires_grad_(), vals.clone().requires_grad_(), idx, W.clone().requires_grad_(), pi)
     for fn in (ordered_loss_sparse, ordered_loss_segment):
-        assert torch.autograd.gradcheck(lambda r_, v_, W_: fn(r_, v_, idx, W_, pi, chunk=2),
-                                        (inputs[0], inputs[1], inputs[3]))
+        assert torch.autograd.gradcheck(
+            lambda r_, v_, W_, fn=fn: fn(r_, v_, idx, W_, pi, chunk=2), (inputs[0], inputs[1], inputs[3])
+        )
     g = torch.randn(5, dtype=torch.float64)
     grads = []
     for fn in (ordered_loss_sparse, ordered_loss_gram, ordered_loss_segment):

@@ -28,11 +28,36 @@ def _same_weights(a, b):
 
 
 def _fit_cli(toy_store, out, *extra, env=None, wait=True):  # noqa: F811
-    args = [sys.executable, "-m", "osae", "fit", "--store", str(toy_store), "--arch", "topk", "--dict-size", "32",
-            "--k", "3", "--seeds", "0,1", "--tokens", str(256 * 400), "--batch-size", "256", "--lr", "1e-3",
-            "--checkpoint-every", "100000", "--out", str(out), *extra]
-    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, **(env or {})})
+    args = [
+        sys.executable,
+        "-m",
+        "osae",
+        "fit",
+        "--store",
+        str(toy_store),
+        "--arch",
+        "topk",
+        "--dict-size",
+        "32",
+        "--k",
+        "3",
+        "--seeds",
+        "0,1",
+        "--tokens",
+        str(256 * 400),
+        "--batch-size",
+        "256",
+        "--lr",
+        "1e-3",
+        "--checkpoint-every",
+        "100000",
+        "--out",
+        str(out),
+        *extra,
+    ]
+    run = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
     if wait:
         out_, err = run.communicate(timeout=300)
         return run.returncode, out_, err

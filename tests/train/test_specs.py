@@ -58,16 +58,19 @@ def test_settings_parse_into_the_architecture_config_with_d_in_unbound():
         cfg.bind(0)
 
 
-@pytest.mark.parametrize("arch, values, pattern", [
-    ("topk", {"kk": 3}, r"unknown topk setting 'kk'; valid: d_sae, k, aux_k_coef, aux_k$"),
-    ("relu", {"prefix_law": "zipf"}, r"unknown relu setting 'prefix_law'; valid: d_sae, k, .*l1_coef"),
-    ("topk", {"k": "3"}, r"topk: k must be an integer; got '3'"),
-    ("topk", {"d_sae": 8, "k": 9}, r"topk: k=9 is larger than the dictionary size 8"),
-    ("osae", {"prefix_law": "lognormal"}, r"osae: prefix_law must be one of"),
-    ("matryoshka", {"d_sae": 64, "widths": [8, 32]}, r"matryoshka: widths must be increasing and end at d_sae=64"),
-    ("matryoshka-random", {"selection": "tok"}, r"selection must be batch or token"),
-    ("matryoshka", {"d_sae": 64, "widths": [32, 64], "level_weights": [1.0]}, r"one weight per width"),
-])
+@pytest.mark.parametrize(
+    "arch, values, pattern",
+    [
+        ("topk", {"kk": 3}, r"unknown topk setting 'kk'; valid: d_sae, k, aux_k_coef, aux_k$"),
+        ("relu", {"prefix_law": "zipf"}, r"unknown relu setting 'prefix_law'; valid: d_sae, k, .*l1_coef"),
+        ("topk", {"k": "3"}, r"topk: k must be an integer; got '3'"),
+        ("topk", {"d_sae": 8, "k": 9}, r"topk: k=9 is larger than the dictionary size 8"),
+        ("osae", {"prefix_law": "lognormal"}, r"osae: prefix_law must be one of"),
+        ("matryoshka", {"d_sae": 64, "widths": [8, 32]}, r"matryoshka: widths must be increasing and end at d_sae=64"),
+        ("matryoshka-random", {"selection": "tok"}, r"selection must be batch or token"),
+        ("matryoshka", {"d_sae": 64, "widths": [32, 64], "level_weights": [1.0]}, r"one weight per width"),
+    ],
+)
 def test_bad_settings_are_one_line_naming_the_problem(arch, values, pattern):
     with pytest.raises(ValueError, match=pattern) as info:
         SAESpec(arch, 0, values)
@@ -92,13 +95,21 @@ def test_a_spec_records_every_setting_and_builds_its_config_at_the_store_width()
 
 
 def test_run_config_round_trips_and_old_run_json_still_loads():
-    cfg = TrainConfig(store="s", out="o", saes=[SAESpec("osae", 1, {"d_sae": 32, "k": 3}, lr=1e-3),
-                                                SAESpec("relu", 0, {"d_sae": 24, "l1_coef": 2.5})])
+    cfg = TrainConfig(
+        store="s",
+        out="o",
+        saes=[SAESpec("osae", 1, {"d_sae": 32, "k": 3}, lr=1e-3), SAESpec("relu", 0, {"d_sae": 24, "l1_coef": 2.5})],
+    )
     d = json.loads(json.dumps(cfg.to_dict()))
     assert TrainConfig.from_dict(d) == cfg and TrainConfig.from_dict(d, strict=True) == cfg
     # The previous version wrote only the given settings; a removed setting is ignored when read back.
-    old = {**d, "saes": [{"arch": "osae", "seed": 1, "config": {"d_sae": 32, "k": 3, "retired": 1}, "lr": 1e-3},
-                         {"arch": "relu", "seed": 0, "config": {"d_sae": 24, "l1_coef": 2.5}, "lr": None}]}
+    old = {
+        **d,
+        "saes": [
+            {"arch": "osae", "seed": 1, "config": {"d_sae": 32, "k": 3, "retired": 1}, "lr": 1e-3},
+            {"arch": "relu", "seed": 0, "config": {"d_sae": 24, "l1_coef": 2.5}, "lr": None},
+        ],
+    }
     assert TrainConfig.from_dict(old) == cfg
     with pytest.raises(ValueError, match="unknown osae setting 'retired'"):
         TrainConfig.from_dict(old, strict=True)
@@ -132,10 +143,19 @@ def test_a_yaml_sweep_with_a_misspelt_key_names_file_entry_and_key(tmp_path):
         load_sweep(bad)
 
 
-@pytest.mark.parametrize("arch, values, kind", [
-    ("topk", {}, "topk"), ("osae", {}, "topk"), ("batchtopk", {}, "jumprelu"), ("matryoshka", {}, "jumprelu"),
-    ("matryoshka", {"selection": "token"}, "topk"), ("matryoshka-random", {"selection": "token"}, "topk"),
-    ("matryoshka-random", {}, "jumprelu"), ("relu", {}, "standard"), ("hybridorder", {}, "standard"),
-])
+@pytest.mark.parametrize(
+    "arch, values, kind",
+    [
+        ("topk", {}, "topk"),
+        ("osae", {}, "topk"),
+        ("batchtopk", {}, "jumprelu"),
+        ("matryoshka", {}, "jumprelu"),
+        ("matryoshka", {"selection": "token"}, "topk"),
+        ("matryoshka-random", {"selection": "token"}, "topk"),
+        ("matryoshka-random", {}, "jumprelu"),
+        ("relu", {}, "standard"),
+        ("hybridorder", {}, "standard"),
+    ],
+)
 def test_the_saelens_kind_is_the_config_class_s(arch, values, kind):
     assert parse_arch_config(arch, values).saelens_architecture() == kind

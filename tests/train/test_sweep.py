@@ -20,8 +20,13 @@ SWEEP = [
 
 
 def osae(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OSAE_DEBUG": ""})
+    return subprocess.run(
+        [sys.executable, "-m", "osae", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OSAE_DEBUG": ""},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,23 @@ def toy(tmp_path_factory):
 
 
 def fit_sweep(toy: Path, sweep_file: Path, out: Path) -> subprocess.CompletedProcess:
-    return osae("fit", "--store", toy, "--sweep", sweep_file, "--out", out, "--tokens", STEPS * BATCH,
-                "--batch-size", BATCH, "--lr-warmup-steps", 1, "--checkpoint-every", 3)
+    return osae(
+        "fit",
+        "--store",
+        toy,
+        "--sweep",
+        sweep_file,
+        "--out",
+        out,
+        "--tokens",
+        STEPS * BATCH,
+        "--batch-size",
+        BATCH,
+        "--lr-warmup-steps",
+        1,
+        "--checkpoint-every",
+        3,
+    )
 
 
 def write_sweep(path: Path, content) -> Path:
@@ -63,7 +83,9 @@ def test_the_run_holds_exactly_the_saes_the_sweep_lists(toy, tmp_path):
     # Seeds, per-entry learning rates and settings, as the checkpoint records them.
     assert [configs[f"topk-K32-k3-s{s}"]["seed"] for s in (0, 1)] == [0, 1]
     assert all(configs[f"topk-K32-k3-s{s}"]["lr"] == pytest.approx(2e-3) for s in (0, 1))
-    assert configs["topk-K32-k3-s0"]["arch_config"]["d_sae"] == 32 and configs["topk-K32-k3-s0"]["arch_config"]["k"] == 3
+    assert (
+        configs["topk-K32-k3-s0"]["arch_config"]["d_sae"] == 32 and configs["topk-K32-k3-s0"]["arch_config"]["k"] == 3
+    )
     ordered = configs["osae-K16-k2-s5"]
     assert ordered["architecture"] == "osae" and ordered["seed"] == 5 and ordered["lr"] == pytest.approx(1e-3)
     assert ordered["arch_config"]["prefix_law"] == "zipf" and ordered["arch_config"]["prefix_alpha"] == 1.5
@@ -75,12 +97,16 @@ def test_the_run_holds_exactly_the_saes_the_sweep_lists(toy, tmp_path):
     assert a != (run / "topk-K32-k3-s1" / "sae.safetensors").read_bytes()
 
 
-@pytest.mark.parametrize("content, pattern, names_file", [
-    ([{"seeds": [0], "d_sae": 32, "k": 3}], "'arch'", True),
-    ({"arch": "topk", "d_sae": 32}, "JSON list", True),
-    ('[{"arch": "topk", "d_sae": 32,]', "not valid JSON", True),
-    ([{"arch": "no-such-arch", "d_sae": 32}], "unknown architecture 'no-such-arch'", False),
-], ids=["missing-arch", "not-a-list", "bad-json", "unknown-arch"])
+@pytest.mark.parametrize(
+    "content, pattern, names_file",
+    [
+        ([{"seeds": [0], "d_sae": 32, "k": 3}], "'arch'", True),
+        ({"arch": "topk", "d_sae": 32}, "JSON list", True),
+        ('[{"arch": "topk", "d_sae": 32,]', "not valid JSON", True),
+        ([{"arch": "no-such-arch", "d_sae": 32}], "unknown architecture 'no-such-arch'", False),
+    ],
+    ids=["missing-arch", "not-a-list", "bad-json", "unknown-arch"],
+)
 def test_a_bad_sweep_file_is_one_line_and_exit_1(toy, tmp_path, content, pattern, names_file):
     sweep_file = write_sweep(tmp_path / "sweep.json", content)
     proc = fit_sweep(toy, sweep_file, tmp_path / "run")

@@ -17,16 +17,51 @@ from osae.errors import CheckpointError
 from osae.train.checkpoint import load_frozen
 from osae.train.fit import fit
 
-SMALL = ["--arch", "topk", "--dict-size", 32, "--k", 3, "--seeds", "0,1", "--tokens", 128 * 6, "--batch-size", 128,
-         "--lr-warmup-steps", 1]
+SMALL = [
+    "--arch",
+    "topk",
+    "--dict-size",
+    32,
+    "--k",
+    3,
+    "--seeds",
+    "0,1",
+    "--tokens",
+    128 * 6,
+    "--batch-size",
+    128,
+    "--lr-warmup-steps",
+    1,
+]
 # Big enough per step (K = 4096 on d = 80) that a run is still going when the test kills it.
-KILLED = ["--arch", "topk", "--dict-size", 4096, "--k", 8, "--seeds", "0,1", "--tokens", 1024 * 80,
-          "--batch-size", 1024, "--lr-warmup-steps", 2, "--checkpoint-every", 5]
+KILLED = [
+    "--arch",
+    "topk",
+    "--dict-size",
+    4096,
+    "--k",
+    8,
+    "--seeds",
+    "0,1",
+    "--tokens",
+    1024 * 80,
+    "--batch-size",
+    1024,
+    "--lr-warmup-steps",
+    2,
+    "--checkpoint-every",
+    5,
+]
 
 
 def osae(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "osae", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OSAE_DEBUG": ""})
+    return subprocess.run(
+        [sys.executable, "-m", "osae", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OSAE_DEBUG": ""},
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *patterns: str) -> None:
@@ -134,8 +169,11 @@ def killed(toy):
     ref = toy.parent / "ref"
     assert osae("fit", "--store", toy, "--out", ref, *KILLED).returncode == 0
     cut = toy.parent / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "osae", "fit", "--store", str(toy), "--out", str(cut),
-                             *map(str, KILLED)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "osae", "fit", "--store", str(toy), "--out", str(cut), *map(str, KILLED)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state_file, deadline = cut / "run_state.json", time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -165,7 +203,8 @@ def test_a_stale_newer_generation_is_ignored_and_removed_on_resume(cut, killed):
     # SAE 0: the kill hit while its next generation was being written (tensors half there, no meta.json).
     (a / "state" / stale).mkdir(exist_ok=True)
     (a / "state" / stale / "tensors.safetensors").write_bytes(
-        (a / "state" / named / "tensors.safetensors").read_bytes()[:1000])
+        (a / "state" / named / "tensors.safetensors").read_bytes()[:1000]
+    )
     # SAE 1: a complete-looking newer generation with other weights, which run_state.json never named.
     shutil.copytree(b / "state" / named, b / "state" / stale, dirs_exist_ok=True)
     shutil.copy(a / "state" / named / "tensors.safetensors", b / "state" / stale / "tensors.safetensors")

@@ -21,12 +21,38 @@ def test_osae_recovers_the_ordered_ground_truth_and_batchtopk_does_not_order_it(
     for seed in range(3):
         # k warm-up from K over 3 epochs, then unit sweeping from epoch 6, one unit every 8 steps (a shortened
         # version of the paper's 130-epoch schedule; see docs/results.md for the full one).
-        specs.append(SAESpec("osae", seed, {"d_sae": 100, "k": 5, "k_init": 100, "k_warmup_steps": 3 * epoch,
-                                            "aux_k_coef": 0.0, "sweep_start": 6 * epoch, "sweep_every": 8}, lr=3e-3))
+        specs.append(
+            SAESpec(
+                "osae",
+                seed,
+                {
+                    "d_sae": 100,
+                    "k": 5,
+                    "k_init": 100,
+                    "k_warmup_steps": 3 * epoch,
+                    "aux_k_coef": 0.0,
+                    "sweep_start": 6 * epoch,
+                    "sweep_every": 8,
+                },
+                lr=3e-3,
+            )
+        )
         specs.append(SAESpec("batchtopk", seed, {"d_sae": 100, "k": 5, "aux_k_coef": 0.0}, lr=3e-3))
-    fit(TrainConfig(store=str(store), out=str(tmp_path / "run"), saes=specs, tokens=15 * epoch * 1024, batch_size=1024,
-                    normalization="none", lr_warmup_steps=50, checkpoint_every=10**9, log_every=200, buffer_bytes=2**26),
-        progress=False)
+    fit(
+        TrainConfig(
+            store=str(store),
+            out=str(tmp_path / "run"),
+            saes=specs,
+            tokens=15 * epoch * 1024,
+            batch_size=1024,
+            normalization="none",
+            lr_warmup_steps=50,
+            checkpoint_every=10**9,
+            log_every=200,
+            buffer_bytes=2**26,
+        ),
+        progress=False,
+    )
     truth = ActivationStore(store).ground_truth()["dictionary"]
     result = {}
     for arch in ("osae", "batchtopk"):

@@ -27,13 +27,25 @@ def toy(tmp_path_factory):
 
 
 def _cfg(toy, out, saes, **kw):
-    base = dict(store=str(toy), out=str(out), saes=saes, tokens=256 * 40, batch_size=256, lr_warmup_steps=5,
-                checkpoint_every=10, log_every=5, buffer_bytes=2**20, dead_window_tokens=2000)
+    base = dict(
+        store=str(toy),
+        out=str(out),
+        saes=saes,
+        tokens=256 * 40,
+        batch_size=256,
+        lr_warmup_steps=5,
+        checkpoint_every=10,
+        log_every=5,
+        buffer_bytes=2**20,
+        dead_window_tokens=2000,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def _weights(run: Path) -> dict:
-    return {d.name: load_file(str(d / "sae.safetensors")) for d in sorted(run.iterdir()) if (d / "sae.safetensors").exists()}
+    return {
+        d.name: load_file(str(d / "sae.safetensors")) for d in sorted(run.iterdir()) if (d / "sae.safetensors").exists()
+    }
 
 
 def test_many_saes_in_one_pass_equal_each_trained_alone(toy, tmp_path):
@@ -55,19 +67,23 @@ def test_many_saes_in_one_pass_equal_each_trained_alone(toy, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_fit_resumes_to_bitwise_the_same_weights(toy, tmp_path):
-    specs = [{"arch": "osae", "seed": 0, "config": {"d_sae": 32, "k": 3, "estimator": "sample"}, "lr": 1e-3},
-             {"arch": "batchtopk", "seed": 2, "config": {"d_sae": 32, "k": 3, "threshold_start": 3}, "lr": 1e-3},
-             {"arch": "hybridorder", "seed": 3, "config": {"d_sae": 32, "reorder_start": 3, "reorder_every": 7}, "lr": 1e-3}]
+    specs = [
+        {"arch": "osae", "seed": 0, "config": {"d_sae": 32, "k": 3, "estimator": "sample"}, "lr": 1e-3},
+        {"arch": "batchtopk", "seed": 2, "config": {"d_sae": 32, "k": 3, "threshold_start": 3}, "lr": 1e-3},
+        {"arch": "hybridorder", "seed": 3, "config": {"d_sae": 32, "reorder_start": 3, "reorder_every": 7}, "lr": 1e-3},
+    ]
     cfg = _cfg(toy, tmp_path / "ref", specs, tokens=256 * 60, checkpoint_every=8, accum_steps=2)
     fit(cfg, progress=False)
     cut = cfg.to_dict() | {"out": str(tmp_path / "cut")}
     script = tmp_path / "run.py"
-    script.write_text("import json, sys, time\n"
-                      "from osae.train.config import TrainConfig\nfrom osae.train import trainer\nfrom osae.train.fit import fit\n"
-                      "orig = trainer.Trainer._train_step\n"
-                      "def slow(self, m, x):\n    time.sleep(0.03)\n    return orig(self, m, x)\n"
-                      "trainer.Trainer._train_step = slow\n"
-                      f"fit(TrainConfig.from_dict(json.loads({json.dumps(json.dumps(cut))})), progress=False)\n")
+    script.write_text(
+        "import json, sys, time\n"
+        "from osae.train.config import TrainConfig\nfrom osae.train import trainer\nfrom osae.train.fit import fit\n"
+        "orig = trainer.Trainer._train_step\n"
+        "def slow(self, m, x):\n    time.sleep(0.03)\n    return orig(self, m, x)\n"
+        "trainer.Trainer._train_step = slow\n"
+        f"fit(TrainConfig.from_dict(json.loads({json.dumps(json.dumps(cut))})), progress=False)\n"
+    )
     proc = subprocess.Popen([sys.executable, str(script)])
     state = tmp_path / "cut" / "run_state.json"
     deadline = time.time() + 120
@@ -158,22 +174,49 @@ def test_hybridorder_reorder_commutes_with_training():
 
 def test_nonfinite_batches_are_skipped_or_stop_and_no_nan_is_written(tmp_path):
     path = tmp_path / "nan.zarr"
-    w = StoreWriter.create(path, hooks={"h": hook_spec(0, 8, "float32")}, has_tokens=False, chunk_rows=256,
-                           split={"rule": "explicit-chunks", "eval_chunks": [15]})
+    w = StoreWriter.create(
+        path,
+        hooks={"h": hook_spec(0, 8, "float32")},
+        has_tokens=False,
+        chunk_rows=256,
+        split={"rule": "explicit-chunks", "eval_chunks": [15]},
+    )
     x = np.random.default_rng(0).standard_normal((4096, 8)).astype(np.float32)
     x[1000:1256, 3] = np.nan
     w.write({"h": x})
     w.close()
     spec = [SAESpec("topk", 0, {"d_sae": 16, "k": 2})]
-    out = fit(TrainConfig(store=str(path), out=str(tmp_path / "skip"), saes=spec, tokens=256 * 14, batch_size=256,
-                          buffer_bytes=256 * 8 * 4 * 4, normalization="none", b_dec_init="zero"), progress=False)
+    out = fit(
+        TrainConfig(
+            store=str(path),
+            out=str(tmp_path / "skip"),
+            saes=spec,
+            tokens=256 * 14,
+            batch_size=256,
+            buffer_bytes=256 * 8 * 4 * 4,
+            normalization="none",
+            b_dec_init="zero",
+        ),
+        progress=False,
+    )
     assert out["skipped_batches"] >= 1
     for t in load_file(str(tmp_path / "skip" / "topk-K16-k2-s0" / "sae.safetensors")).values():
         assert torch.isfinite(t).all()
     with pytest.raises(ValueError, match="NaN or Inf"):
-        fit(TrainConfig(store=str(path), out=str(tmp_path / "stop"), saes=spec, tokens=256 * 14, batch_size=256,
-                        buffer_bytes=256 * 8 * 4 * 4, normalization="none", b_dec_init="zero", nonfinite="stop"),
-            progress=False)
+        fit(
+            TrainConfig(
+                store=str(path),
+                out=str(tmp_path / "stop"),
+                saes=spec,
+                tokens=256 * 14,
+                batch_size=256,
+                buffer_bytes=256 * 8 * 4 * 4,
+                normalization="none",
+                b_dec_init="zero",
+                nonfinite="stop",
+            ),
+            progress=False,
+        )
 
 
 def test_bad_settings_are_refused(toy, tmp_path):
@@ -192,15 +235,59 @@ def test_bad_settings_are_refused(toy, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_the_same_weights_as_one(toy, tmp_path):
-    args = ["fit", "--store", str(toy), "--arch", "topk", "--dict-size", "32", "--k", "3", "--seeds", "0",
-            "--tokens", str(256 * 20), "--batch-size", "256", "--lr", "1e-3", "--checkpoint-every", "7"]
-    one = subprocess.run([sys.executable, "-m", "osae", *args, "--out", str(tmp_path / "one")], capture_output=True,
-                         text=True, timeout=300)
+    args = [
+        "fit",
+        "--store",
+        str(toy),
+        "--arch",
+        "topk",
+        "--dict-size",
+        "32",
+        "--k",
+        "3",
+        "--seeds",
+        "0",
+        "--tokens",
+        str(256 * 20),
+        "--batch-size",
+        "256",
+        "--lr",
+        "1e-3",
+        "--checkpoint-every",
+        "7",
+    ]
+    one = subprocess.run(
+        [sys.executable, "-m", "osae", *args, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "osae", *args,
-                          "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "osae",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert set(a) == set(b) == {"topk-K32-k3-s0"}

@@ -51,21 +51,43 @@ class StoreWriter(LockedWriter):
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, url, *, hooks: dict[str, dict], has_tokens: bool, context_size: int | None = None,
-               provenance: dict | None = None, compressor: str = "none", chunk_rows: int | None = None,
-               expected_rows: int | None = None, split: dict | None = None, overwrite: bool = False) -> "StoreWriter":
+    def create(
+        cls,
+        url,
+        *,
+        hooks: dict[str, dict],
+        has_tokens: bool,
+        context_size: int | None = None,
+        provenance: dict | None = None,
+        compressor: str = "none",
+        chunk_rows: int | None = None,
+        expected_rows: int | None = None,
+        split: dict | None = None,
+        overwrite: bool = False,
+    ) -> StoreWriter:
         """A new, empty store. Refuses an existing store unless `overwrite`."""
-        return cls(create_store(url, hooks=hooks, has_tokens=has_tokens, context_size=context_size,
-                                provenance=provenance, compressor=compressor, chunk_rows=chunk_rows,
-                                expected_rows=expected_rows, split=split, overwrite=overwrite))
+        return cls(
+            create_store(
+                url,
+                hooks=hooks,
+                has_tokens=has_tokens,
+                context_size=context_size,
+                provenance=provenance,
+                compressor=compressor,
+                chunk_rows=chunk_rows,
+                expected_rows=expected_rows,
+                split=split,
+                overwrite=overwrite,
+            )
+        )
 
     @classmethod
-    def append(cls, url, *, hooks: dict[str, dict], has_tokens: bool) -> "StoreWriter":
+    def append(cls, url, *, hooks: dict[str, dict], has_tokens: bool) -> StoreWriter:
         """Continue a store (complete or not) with more rows of the same hooks, dtypes and widths."""
         return cls(reopen_for_append(url, hooks=hooks, has_tokens=has_tokens))
 
     @classmethod
-    def resume(cls, url) -> "StoreWriter":
+    def resume(cls, url) -> StoreWriter:
         """Reopen an interrupted store at its committed rows."""
         return cls(reopen_for_resume(url))
 
@@ -129,8 +151,14 @@ class StoreWriter(LockedWriter):
             value = np.ascontiguousarray(value)
             chunks = tuple(min(max(1, s), 65536) for s in value.shape)
             arr = self.group.create_array(
-                f"{GROUND_TRUTH_GROUP}/{name}", shape=value.shape, dtype=value.dtype, chunks=chunks,
-                compressors=codecs_for("none", value.dtype.itemsize), filters=None, fill_value=0, overwrite=True,
+                f"{GROUND_TRUTH_GROUP}/{name}",
+                shape=value.shape,
+                dtype=value.dtype,
+                chunks=chunks,
+                compressors=codecs_for("none", value.dtype.itemsize),
+                filters=None,
+                fill_value=0,
+                overwrite=True,
             )
             arr[...] = value
         self.meta["ground_truth"] = {"arrays": sorted(arrays), **(info or {})}
@@ -164,6 +192,10 @@ class StoreWriter(LockedWriter):
     def _digests_and_stats(self, start: int, stop: int, committed: int) -> tuple[dict, dict]:
         """Chunk digests of rows [start, stop) per row array, and statistics of the rows new since `committed`."""
         digests = {p: chunk_digests(self.buf[p][: stop - start], self.chunk_rows) for p in self.paths}
-        stats = {h: row_stats(self.buf[f"{ACTS_GROUP}/{h}"][committed - start : stop - start], spec["dtype"], self.chunk_rows)
-                 for h, spec in self.hooks.items()}
+        stats = {
+            h: row_stats(
+                self.buf[f"{ACTS_GROUP}/{h}"][committed - start : stop - start], spec["dtype"], self.chunk_rows
+            )
+            for h, spec in self.hooks.items()
+        }
         return digests, stats

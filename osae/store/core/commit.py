@@ -43,8 +43,10 @@ class CommitLog:
         commit = self.meta["commit"]
         self.committed = int(commit["n_tokens"])
         self.n_sequences = int(commit["n_sequences"])
-        self._stats = {h: {k: (np.asarray(v, np.float64) if isinstance(v, list) else v) for k, v in s.items()}
-                       for h, s in commit["stats"].items()}
+        self._stats = {
+            h: {k: (np.asarray(v, np.float64) if isinstance(v, list) else v) for k, v in s.items()}
+            for h, s in commit["stats"].items()
+        }
         self._seq_row_start: list[np.ndarray] = []
         self._seq_context: list[np.ndarray] = []
         self._seq_written = self.n_sequences
@@ -66,8 +68,9 @@ class CommitLog:
                 arr.resize((cap, *arr.shape[1:]))
 
     # -- committing ----------------------------------------------------------------------------
-    def commit_rows(self, n_tokens: int, digests: Iterable[tuple[int, dict[str, np.ndarray]]],
-                    stats: Iterable[dict[str, dict]]) -> None:
+    def commit_rows(
+        self, n_tokens: int, digests: Iterable[tuple[int, dict[str, np.ndarray]]], stats: Iterable[dict[str, dict]]
+    ) -> None:
         """Commit rows [0, n_tokens), already written: `digests` holds (first chunk, {array path: digests of
         consecutive chunks from there}) for every chunk written since the last commit, `stats` the statistics
         of the rows new since then, per hook."""
@@ -108,7 +111,8 @@ class CommitLog:
         commit["n_sequences"] = int(self.n_sequences if self.meta["has_tokens"] else self.committed)
         commit["updated"] = now_iso()
         commit["stats"] = {
-            h: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()} for h, s in self._stats.items()
+            h: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+            for h, s in self._stats.items()
         }
         self.group.attrs[STORE_ATTR_KEY] = self.meta
         faults.reached(KILL_POINT)

@@ -15,7 +15,7 @@ import struct
 import google_crc32c
 import numpy as np
 
-from osae.errors import StoreError
+from osae.errors import StoreError, UsageError
 from osae.store.core.reader import ActivationStore
 
 _EMPTY = np.uint64(2**64 - 1)
@@ -63,8 +63,10 @@ class DirectChunkReader:
         try:
             fd = os.open(fname, os.O_RDONLY)
         except FileNotFoundError:
-            raise StoreError(f"chunk {c} of '{self.path}' in {self.store.loc.display} is missing "
-                             f"(no {fname}); run `osae store verify` on it") from None
+            raise StoreError(
+                f"chunk {c} of '{self.path}' in {self.store.loc.display} is missing "
+                f"(no {fname}); run `osae store verify` on it"
+            ) from None
         try:
             n_idx = lay["chunks_per_shard"]
             size = os.fstat(fd).st_size
@@ -77,7 +79,7 @@ class DirectChunkReader:
             flat = out.reshape(-1).view(np.uint8)
             view = memoryview(flat)
             if view.nbytes != lay["chunk_bytes"]:
-                raise ValueError(f"buffer has {view.nbytes} bytes, a chunk has {lay['chunk_bytes']}")
+                raise UsageError(f"buffer has {view.nbytes} bytes, a chunk has {lay['chunk_bytes']}")
             got = os.preadv(fd, [view, self._crc], int(offset))
             if got != lay["chunk_bytes"] + 4:
                 raise self._corrupt(c, "shard file is truncated")
@@ -87,5 +89,6 @@ class DirectChunkReader:
             os.close(fd)
 
     def _corrupt(self, c: int, what: str) -> StoreError:
-        return StoreError(f"cannot read chunk {c} of '{self.path}' in {self.store.loc.display}: {what}; "
-                          f"run `osae store verify` on it")
+        return StoreError(
+            f"cannot read chunk {c} of '{self.path}' in {self.store.loc.display}: {what}; run `osae store verify` on it"
+        )

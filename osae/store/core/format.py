@@ -29,6 +29,7 @@ from osae.constants import (
     STORE_FORMAT_VERSION,
     TARGET_CHUNK_BYTES,
 )
+from osae.errors import UsageError
 
 # Logical dtype -> the dtype Zarr stores. Zarr v3 has no bfloat16: its bit pattern is kept losslessly
 # as uint16 and the hook's `dtype` attribute says how to read it back.
@@ -38,7 +39,7 @@ COMPRESSORS = ("none", "zstd", "lz4", "blosc-zstd")
 
 def storage_dtype(dtype: str) -> np.dtype:
     if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"activation dtype must be one of {sorted(STORAGE_DTYPES)}; got {dtype!r}")
+        raise UsageError(f"activation dtype must be one of {sorted(STORAGE_DTYPES)}; got {dtype!r}")
     return np.dtype(STORAGE_DTYPES[dtype])
 
 
@@ -57,7 +58,7 @@ def codecs_for(compressor: str, item_bytes: int) -> list:
         return [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle, typesize=item_bytes), checksum]
     if compressor == "blosc-zstd":
         return [BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle, typesize=item_bytes), checksum]
-    raise ValueError(f"compressor must be one of {list(COMPRESSORS)}; got {compressor!r}")
+    raise UsageError(f"compressor must be one of {list(COMPRESSORS)}; got {compressor!r}")
 
 
 def chunk_layout(row_bytes: int, expected_rows: int | None = None) -> tuple[int, int]:
@@ -122,6 +123,6 @@ def empty_commit(hooks: dict[str, dict]) -> dict:
 
 def hook_spec(layer: int | None, d_model: int, dtype: str, hook: str | None = None) -> dict:
     if d_model <= 0:
-        raise ValueError(f"d_model must be positive; got {d_model}")
+        raise UsageError(f"d_model must be positive; got {d_model}")
     storage_dtype(dtype)
     return {"layer": layer, "hook": hook, "d_model": int(d_model), "dtype": dtype}

@@ -23,7 +23,7 @@ from osae.constants import (
     SEQUENCES_GROUP,
     STORE_ATTR_KEY,
 )
-from osae.errors import StoreError, StoreMismatchError
+from osae.errors import StoreError, StoreMismatchError, UsageError
 from osae.store.core.format import chunk_layout, codecs_for, new_metadata, storage_dtype
 from osae.store.core.location import Location, filesystem, parse_location, zarr_store
 from osae.store.core.lock import WriterLock
@@ -79,7 +79,7 @@ def create_store(
 ) -> OpenedStore:
     """Lock `url` and lay out a new, empty store there. Refuses an existing store unless `overwrite`."""
     if not hooks:
-        raise ValueError("a store needs at least one hook")
+        raise UsageError("a store needs at least one hook")
     loc = parse_location(url)
     lock = WriterLock(loc).acquire()
     try:
@@ -93,21 +93,36 @@ def create_store(
         shard = chunk * 8
         split = split or {"rule": "hash-chunks", "eval_fraction": DEFAULT_EVAL_FRACTION, "seed": 0}
         meta = new_metadata(
-            hooks=hooks, chunk_rows=chunk, shard_rows=shard, compressor=compressor,
-            has_tokens=has_tokens, context_size=context_size, split=split, provenance=provenance or {},
+            hooks=hooks,
+            chunk_rows=chunk,
+            shard_rows=shard,
+            compressor=compressor,
+            has_tokens=has_tokens,
+            context_size=context_size,
+            split=split,
+            provenance=provenance or {},
         )
         try:
             # Not mode "w": it would clear the directory, lock file included (the store is empty here).
             group = zarr.open_group(store=zarr_store(loc, read_only=False), mode="a", zarr_format=3)
             for name, h in hooks.items():
-                _create_rows(group, f"{ACTS_GROUP}/{name}", (h["d_model"],), storage_dtype(h["dtype"]), chunk, shard, compressor)
+                _create_rows(
+                    group, f"{ACTS_GROUP}/{name}", (h["d_model"],), storage_dtype(h["dtype"]), chunk, shard, compressor
+                )
             if has_tokens:
                 _create_rows(group, "tokens", (), np.dtype("int32"), chunk, shard, compressor)
                 _create_rows(group, "seq_id", (), np.dtype("int64"), chunk, shard, compressor)
                 _create_rows(group, "position", (), np.dtype("int32"), chunk, shard, compressor)
                 create_plain(group, f"{SEQUENCES_GROUP}/row_start", (0,), (SEQ_CHUNK,), "int64")
                 if context_size:
-                    create_plain(group, f"{SEQUENCES_GROUP}/context", (0, context_size), (CONTEXT_CHUNK, context_size), "int32", fill=-1)
+                    create_plain(
+                        group,
+                        f"{SEQUENCES_GROUP}/context",
+                        (0, context_size),
+                        (CONTEXT_CHUNK, context_size),
+                        "int32",
+                        fill=-1,
+                    )
             group.attrs[STORE_ATTR_KEY] = meta
         except OSError as exc:
             if disk_full(exc):
@@ -155,8 +170,14 @@ def _reopen(url) -> OpenedStore:
 def create_plain(group, path, shape, chunks, dtype, fill=0) -> None:
     """An unsharded, uncompressed array (sequences, digests): small, and rewritten in place as it grows."""
     group.create_array(
-        path, shape=shape, dtype=dtype, chunks=chunks, compressors=codecs_for("none", 1),
-        filters=None, fill_value=fill, config={"write_empty_chunks": True},
+        path,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        compressors=codecs_for("none", 1),
+        filters=None,
+        fill_value=fill,
+        config={"write_empty_chunks": True},
     )
 
 

@@ -93,13 +93,9 @@ def zarr_store(loc: Location, *, read_only: bool) -> zarr.abc.store.Store:
     if not read_only:
         require_writable(loc)
     try:
-        return zarr.storage.FsspecStore.from_url(
-            loc.url, storage_options=storage_options(loc), read_only=read_only
-        )
+        return zarr.storage.FsspecStore.from_url(loc.url, storage_options=storage_options(loc), read_only=read_only)
     except (ImportError, ValueError, TypeError) as exc:
-        raise StoreError(
-            f"cannot open {loc.url} ({exc}); for s3:// and http(s):// install osae[remote]"
-        ) from None
+        raise StoreError(f"cannot open {loc.url} ({exc}); for s3:// and http(s):// install osae[remote]") from None
 
 
 def join(loc: Location, *parts: str) -> str:

@@ -31,7 +31,7 @@ class WriterLock:
         self._renewer: threading.Thread | None = None
         self._token = uuid.uuid4().hex
 
-    def acquire(self) -> "WriterLock":
+    def acquire(self) -> WriterLock:
         if self.loc.is_local:
             self._acquire_local()
         else:
@@ -52,7 +52,7 @@ class WriterLock:
             if self._read_lease(fs, path).get("token") == self._token:
                 fs.rm(path)
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -64,7 +64,9 @@ class WriterLock:
             fd = os.open(os.path.join(self.loc.path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise StoreError(f"cannot write to {self.loc.display}: {exc.strerror}; choose a writable location") from None
+                raise StoreError(
+                    f"cannot write to {self.loc.display}: {exc.strerror}; choose a writable location"
+                ) from None
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,7 +100,9 @@ class WriterLock:
             f.write(json.dumps(body).encode())
 
     def _acquire_remote(self) -> None:
-        require_writable(self.loc)  # a lease cannot be written over http(s)://: say "read-only", not NotImplementedError
+        require_writable(
+            self.loc
+        )  # a lease cannot be written over http(s)://: say "read-only", not NotImplementedError
         fs = filesystem(self.loc)
         path = join(self.loc, REMOTE_LEASE_FILE)
         lease = self._read_lease(fs, path)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from osae.errors import UsageError
 from osae.store.core.reader import ActivationStore
 
 NORMALIZATIONS = ("none", "scalar", "standardize")
@@ -26,15 +27,15 @@ class Normalizer:
 
     def __post_init__(self) -> None:
         if self.kind not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}; got {self.kind!r}")
+            raise UsageError(f"normalization must be one of {NORMALIZATIONS}; got {self.kind!r}")
 
     @classmethod
-    def from_store(cls, store: ActivationStore, hook: str, kind: str) -> "Normalizer":
+    def from_store(cls, store: ActivationStore, hook: str, kind: str) -> Normalizer:
         if kind == "none":
             return cls("none")
         stats = store.stats(hook)
         if stats["count"] == 0:
-            raise ValueError(f"{store.loc.display} has no statistics for '{hook}' (no committed rows)")
+            raise UsageError(f"{store.loc.display} has no statistics for '{hook}' (no committed rows)")
         if kind == "scalar":
             return cls("scalar", scale=float(np.sqrt(store.d_model(hook) / stats["mean_sq_norm"])))
         std = np.sqrt(stats["var"])
@@ -61,7 +62,14 @@ class Normalizer:
         return out.mul_(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.into(x, torch.empty(x.shape, dtype=torch.float32 if not x.is_floating_point() or x.element_size() < 4 else x.dtype, device=x.device))
+        return self.into(
+            x,
+            torch.empty(
+                x.shape,
+                dtype=torch.float32 if not x.is_floating_point() or x.element_size() < 4 else x.dtype,
+                device=x.device,
+            ),
+        )
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Back to the store's units."""
@@ -74,5 +82,5 @@ class Normalizer:
         return {"kind": self.kind, "scale": self.scale, "shift": self.shift}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalizer":
+    def from_dict(cls, d: dict) -> Normalizer:
         return cls(d.get("kind", "none"), d.get("scale", 1.0), d.get("shift", 0.0))

@@ -187,7 +187,9 @@ class ActivationStore:
             try:
                 self._arrays[path] = self.group[path]
             except KeyError:
-                raise StoreFormatError(f"{self.loc.display} has no array '{path}' (damaged or incomplete store)") from None
+                raise StoreFormatError(
+                    f"{self.loc.display} has no array '{path}' (damaged or incomplete store)"
+                ) from None
         return self._arrays[path]
 
     def acts(self, hook: str) -> zarr.Array:
@@ -212,7 +214,9 @@ class ActivationStore:
             hint = "run `osae store verify` on it"
             if self.loc.protocol in ("http", "https"):
                 # A server that ignores Range headers returns whole shards where zarr asked for byte ranges.
-                hint += ", and check that the server honours HTTP Range requests (plain `python -m http.server` does not)"
+                hint += (
+                    ", and check that the server honours HTTP Range requests (plain `python -m http.server` does not)"
+                )
             raise StoreError(
                 f"cannot read rows {start}:{stop} of '{path}' in {self.loc.display} "
                 f"({type(exc).__name__}: {str(exc)[:160]}); {hint}"

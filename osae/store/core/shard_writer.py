@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 
 from osae.constants import ACTS_GROUP
-from osae.errors import StoreError
+from osae.errors import StoreError, UsageError
 from osae.store.core.commit import CommitLog, LockedWriter
 from osae.store.core.digest import chunk_digests
 from osae.store.core.layout import (
@@ -53,14 +53,20 @@ class ShardSink:
         self.chunk_rows = int(meta["chunk_rows"])
 
     @classmethod
-    def open(cls, url) -> "ShardSink":
+    def open(cls, url) -> ShardSink:
         """A sink on the store at `url`, which rank 0's `ShardWriter` has created (or resumed) and reserved."""
         loc = parse_location(url)
         group = open_group(loc, read_only=False)
         return cls(loc, group, read_metadata(group, loc))
 
-    def write_shard(self, shard: int, rows: dict[str, np.ndarray], *, seq_starts: np.ndarray | None = None,
-                    seq_context: np.ndarray | None = None) -> ShardPayload:
+    def write_shard(
+        self,
+        shard: int,
+        rows: dict[str, np.ndarray],
+        *,
+        seq_starts: np.ndarray | None = None,
+        seq_context: np.ndarray | None = None,
+    ) -> ShardPayload:
         """Write shard `shard` of every row array (`rows` maps array paths such as `acts/<hook>` and `tokens`
         to at most one shard of rows) and return its payload. The last shard of a store may be short."""
         start = shard * self.shard_rows
@@ -68,7 +74,7 @@ class ShardSink:
         try:
             for p, data in rows.items():
                 if len(data) > self.shard_rows:
-                    raise ValueError(f"{p}: {len(data)} rows do not fit in one shard of {self.shard_rows} rows")
+                    raise UsageError(f"{p}: {len(data)} rows do not fit in one shard of {self.shard_rows} rows")
                 self.group[p][start : start + len(data)] = data
                 payload.digests[p] = chunk_digests(data, self.chunk_rows)
                 if p.startswith(f"{ACTS_GROUP}/"):
@@ -76,8 +82,10 @@ class ShardSink:
                     payload.stats[hook] = row_stats(data, self.meta["hooks"][hook]["dtype"], self.chunk_rows)
         except OSError as exc:
             if disk_full(exc):
-                raise StoreError(f"disk full while writing shard {shard} of {self.loc.display}; committed rows are "
-                                 f"intact: free space and re-run to resume") from None
+                raise StoreError(
+                    f"disk full while writing shard {shard} of {self.loc.display}; committed rows are "
+                    f"intact: free space and re-run to resume"
+                ) from None
             raise
         return payload
 
@@ -92,16 +100,38 @@ class ShardWriter(LockedWriter):
         self.closed = False
 
     @classmethod
-    def create(cls, url, *, hooks: dict[str, dict], has_tokens: bool = True, context_size: int | None = None,
-               provenance: dict | None = None, compressor: str = "none", chunk_rows: int | None = None,
-               expected_rows: int | None = None, split: dict | None = None, overwrite: bool = False) -> "ShardWriter":
+    def create(
+        cls,
+        url,
+        *,
+        hooks: dict[str, dict],
+        has_tokens: bool = True,
+        context_size: int | None = None,
+        provenance: dict | None = None,
+        compressor: str = "none",
+        chunk_rows: int | None = None,
+        expected_rows: int | None = None,
+        split: dict | None = None,
+        overwrite: bool = False,
+    ) -> ShardWriter:
         """A new, empty store (see `StoreWriter.create` for the arguments)."""
-        return cls(create_store(url, hooks=hooks, has_tokens=has_tokens, context_size=context_size,
-                                provenance=provenance, compressor=compressor, chunk_rows=chunk_rows,
-                                expected_rows=expected_rows, split=split, overwrite=overwrite))
+        return cls(
+            create_store(
+                url,
+                hooks=hooks,
+                has_tokens=has_tokens,
+                context_size=context_size,
+                provenance=provenance,
+                compressor=compressor,
+                chunk_rows=chunk_rows,
+                expected_rows=expected_rows,
+                split=split,
+                overwrite=overwrite,
+            )
+        )
 
     @classmethod
-    def resume(cls, url) -> "ShardWriter":
+    def resume(cls, url) -> ShardWriter:
         """Reopen an interrupted store; shards are rewritten from the one holding row `committed` on."""
         return cls(reopen_for_resume(url))
 
@@ -130,7 +160,8 @@ class ShardWriter(LockedWriter):
                 self.log.add_sequences(pay.seq_starts, pay.seq_context)
         chunks_per_shard = self.shard_rows // self.chunk_rows
         try:
-            self.log.commit_rows(n_tokens, [(p.shard * chunks_per_shard, p.digests) for p in ordered],
-                                 [p.stats for p in ordered])
+            self.log.commit_rows(
+                n_tokens, [(p.shard * chunks_per_shard, p.digests) for p in ordered], [p.stats for p in ordered]
+            )
         except OSError as exc:
             raise self.log.os_error(exc) from None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from osae.constants import SEQUENCES_GROUP
+from osae.errors import UsageError
 from osae.store.core.reader import ActivationStore
 
 SPLITS = ("train", "eval", "all")
@@ -39,7 +40,7 @@ def eval_chunk_mask(split: dict, n_chunks: int) -> np.ndarray:
         mask[listed[listed < n_chunks]] = True
         return mask
     if rule != "hash-chunks":
-        raise ValueError(f"unknown split rule {rule!r}; expected 'hash-chunks' or 'explicit-chunks'")
+        raise UsageError(f"unknown split rule {rule!r}; expected 'hash-chunks' or 'explicit-chunks'")
     frac = float(split.get("eval_fraction", 0.0))
     if frac <= 0 or n_chunks < 2:
         return mask
@@ -72,7 +73,7 @@ class SplitIntervals:
 def split_intervals(store: ActivationStore, split: str) -> SplitIntervals:
     """The chunks of `split` ("train", "eval" or "all") and the interval of rows each one keeps."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+        raise UsageError(f"split must be one of {SPLITS}; got {split!r}")
     n, cr = store.n_tokens, store.chunk_rows
     n_chunks = store.n_chunks
     chunks = np.arange(n_chunks, dtype=np.int64)

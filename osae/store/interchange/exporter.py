@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from osae.errors import UsageError
 from osae.store.core.reader import ActivationStore, to_float32
 
 ST_DTYPES = {"float16": "F16", "float32": "F32", "bfloat16": "BF16", "int32": "I32", "int64": "I64"}
@@ -28,43 +29,67 @@ def parse_rows(text: str | None, n: int) -> tuple[int, int]:
         a, b = text.split(":")
         lo, hi = (int(a) if a else 0), (int(b) if b else n)
     except ValueError:
-        raise ValueError(f"--rows must look like A:B (e.g. 0:100000 or :-1000); got {text!r}") from None
+        raise UsageError(f"--rows must look like A:B (e.g. 0:100000 or :-1000); got {text!r}") from None
     lo, hi = (lo + n if lo < 0 else lo), (hi + n if hi < 0 else hi)
     if not 0 <= lo < hi <= n:
-        raise ValueError(f"--rows {text} selects nothing of the store's {n} committed rows")
+        raise UsageError(f"--rows {text} selects nothing of the store's {n} committed rows")
     return lo, hi
 
 
-def export_rows(store_url, hook: str | None, out, *, rows: str | None = None, dtype: str = "auto",
-                tokens: bool = True, part_rows: int | None = None, progress: bool = True) -> dict:
+def export_rows(
+    store_url,
+    hook: str | None,
+    out,
+    *,
+    rows: str | None = None,
+    dtype: str = "auto",
+    tokens: bool = True,
+    part_rows: int | None = None,
+    progress: bool = True,
+) -> dict:
     store = ActivationStore(store_url)
     hook = store.resolve_hook(hook)
     lo, hi = parse_rows(rows, store.n_tokens)
     src_dtype = store.dtype(hook)
     out_dtype = src_dtype if dtype == "auto" else dtype
     if out_dtype not in ("float16", "float32", "bfloat16"):
-        raise ValueError(f"--dtype must be auto, float16, float32 or bfloat16; got {dtype!r}")
+        raise UsageError(f"--dtype must be auto, float16, float32 or bfloat16; got {dtype!r}")
     if out_dtype not in (src_dtype, "float32"):
-        raise ValueError(f"the store holds {src_dtype}; export converts only to float32 (exact), not to {out_dtype}")
+        raise UsageError(f"the store holds {src_dtype}; export converts only to float32 (exact), not to {out_dtype}")
     out = Path(out)
     fmt = out.suffix if out.suffix in (".npy", ".safetensors") else None
     if fmt == ".npy" and out_dtype == "bfloat16":
-        raise ValueError(f"{hook} is bfloat16, which .npy cannot hold; export to a .safetensors file, or pass "
-                         f"--dtype float32 (exact)")
+        raise UsageError(
+            f"{hook} is bfloat16, which .npy cannot hold; export to a .safetensors file, or pass "
+            f"--dtype float32 (exact)"
+        )
     with_tokens = tokens and store.has_tokens
     bar = tqdm(total=hi - lo, unit="row", unit_scale=True, desc="export", disable=None if progress else True)
     written = []
     if fmt is not None:
-        written.append(_write_file(store, hook, out, lo, hi, src_dtype, out_dtype, with_tokens and fmt == ".safetensors", bar))
+        written.append(
+            _write_file(store, hook, out, lo, hi, src_dtype, out_dtype, with_tokens and fmt == ".safetensors", bar)
+        )
     else:
         if out.exists() and any(out.iterdir()):
-            raise ValueError(f"{out} exists and is not empty; choose a new directory")
+            raise UsageError(f"{out} exists and is not empty; choose a new directory")
         out.mkdir(parents=True, exist_ok=True)
         step = part_rows or store.shard_rows
         suffix = ".npy" if out_dtype != "bfloat16" else ".safetensors"
         for i, a in enumerate(range(lo, hi, step)):
-            written.append(_write_file(store, hook, out / f"part-{i:05d}{suffix}", a, min(hi, a + step), src_dtype,
-                                       out_dtype, with_tokens and suffix == ".safetensors", bar))
+            written.append(
+                _write_file(
+                    store,
+                    hook,
+                    out / f"part-{i:05d}{suffix}",
+                    a,
+                    min(hi, a + step),
+                    src_dtype,
+                    out_dtype,
+                    with_tokens and suffix == ".safetensors",
+                    bar,
+                )
+            )
     bar.close()
     return {"files": [str(p) for p in written], "rows": hi - lo, "hook": hook, "dtype": out_dtype}
 
@@ -77,7 +102,13 @@ def _write_file(store, hook, path: Path, lo, hi, src_dtype, out_dtype, with_toke
         with open(tmp, "wb") as f:
             if path.suffix == ".npy":
                 np.lib.format.write_array_header_1_0(  # the header np.save writes: identical files
-                    f, {"descr": np.lib.format.dtype_to_descr(np.dtype(out_dtype)), "fortran_order": False, "shape": (n, d)})
+                    f,
+                    {
+                        "descr": np.lib.format.dtype_to_descr(np.dtype(out_dtype)),
+                        "fortran_order": False,
+                        "shape": (n, d),
+                    },
+                )
                 _stream(store, f"acts/{hook}", f, lo, hi, src_dtype, out_dtype, bar)
             else:
                 tensors = {hook: (ST_DTYPES[out_dtype], [n, d], n * d * (2 if out_dtype != "float32" else 4))}

@@ -20,9 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from osae.errors import UsageError
+
 # safetensors dtype names -> (numpy dtype used for the raw bytes, osae dtype name)
-SAFETENSORS_DTYPES = {"F16": ("float16", "float16"), "F32": ("float32", "float32"), "F64": ("float64", "float64"),
-                      "BF16": ("uint16", "bfloat16")}
+SAFETENSORS_DTYPES = {
+    "F16": ("float16", "float16"),
+    "F32": ("float32", "float32"),
+    "F64": ("float64", "float64"),
+    "BF16": ("uint16", "bfloat16"),
+}
 SAFETENSORS_INTS = {"I32": "int32", "I64": "int64", "I16": "int16", "U32": "uint32", "U16": "uint16"}
 TOKEN_NAMES = ("tokens", "token_ids", "input_ids")
 NPY_DTYPES = {"float16": "float16", "float32": "float32", "float64": "float64"}
@@ -55,23 +61,24 @@ def natural_key(path: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
-def open_parts(src: Path, *, column: str | None = None, tokens_column: str | None = None,
-               tensor: str | None = None) -> list[Part]:
+def open_parts(
+    src: Path, *, column: str | None = None, tokens_column: str | None = None, tensor: str | None = None
+) -> list[Part]:
     """The parts of a source, in import order. Raises ValueError with what was found on bad input."""
     if not src.exists():
-        raise ValueError(f"no such file or directory: {src}")
+        raise UsageError(f"no such file or directory: {src}")
     if src.is_file():
         return [_open_file(src, column, tokens_column, tensor)]
     arrow = list(src.rglob("*.arrow"))
     if arrow or (src / "dataset_info.json").exists() or (src / "state.json").exists():
         if not arrow:
-            raise ValueError(f"{src} looks like a saved dataset but holds no .arrow files")
+            raise UsageError(f"{src} looks like a saved dataset but holds no .arrow files")
         return [_open_arrow(p, column, tokens_column) for p in _dataset_order(src, arrow)]
     files = sorted((p for p in src.iterdir() if p.suffix in (".npy", ".safetensors")), key=natural_key)
     if not files:
-        raise ValueError(f"{src} holds no .npy, .safetensors or .arrow files")
+        raise UsageError(f"{src} holds no .npy, .safetensors or .arrow files")
     if len({p.suffix for p in files}) > 1:
-        raise ValueError(f"{src} mixes .npy and .safetensors files; import one kind at a time")
+        raise UsageError(f"{src} mixes .npy and .safetensors files; import one kind at a time")
     return [_open_file(p, column, tokens_column, tensor) for p in files]
 
 
@@ -92,7 +99,7 @@ def _open_file(path: Path, column, tokens_column, tensor) -> Part:
         return _open_safetensors(path, tensor)
     if path.suffix == ".arrow":
         return _open_arrow(path, column, tokens_column)
-    raise ValueError(f"{path} is not a .npy, .safetensors or .arrow file (or a directory of them)")
+    raise UsageError(f"{path} is not a .npy, .safetensors or .arrow file (or a directory of them)")
 
 
 # -- .npy -----------------------------------------------------------------------------------------
@@ -100,20 +107,26 @@ def _open_npy(path: Path) -> Part:
     with open(path, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
         except ValueError as exc:
-            raise ValueError(f"{path} is not a valid .npy file ({exc})") from None
+            raise UsageError(f"{path} is not a valid .npy file ({exc})") from None
         offset = f.tell()
     if dtype.byteorder == ">":
-        raise ValueError(f"{path} holds big-endian {dtype}; convert it first: np.save(path, a.astype(a.dtype.newbyteorder('<')))")
+        raise UsageError(
+            f"{path} holds big-endian {dtype}; convert it first: np.save(path, a.astype(a.dtype.newbyteorder('<')))"
+        )
     if dtype.name not in NPY_DTYPES:
-        raise ValueError(f"{path} holds {dtype} values; import needs float16, float32 or float64 "
-                         f"(bfloat16 has no .npy type: use .safetensors)")
+        raise UsageError(
+            f"{path} holds {dtype} values; import needs float16, float32 or float64 "
+            f"(bfloat16 has no .npy type: use .safetensors)"
+        )
     if fortran and len(shape) > 1:
-        raise ValueError(f"{path} is in Fortran order; save it C-contiguous (np.ascontiguousarray)")
+        raise UsageError(f"{path} is in Fortran order; save it C-contiguous (np.ascontiguousarray)")
     if len(shape) not in (2, 3):
-        raise ValueError(f"{path} has shape {shape}; import needs (rows, width) or (sequences, positions, width)")
+        raise UsageError(f"{path} has shape {shape}; import needs (rows, width) or (sequences, positions, width)")
     rows = int(np.prod(shape[:-1]))
     width = int(shape[-1])
     hook = path.stem
@@ -137,9 +150,14 @@ def _raw_reader(layout: dict[str, tuple[int, np.dtype, int]], columns: dict[str,
                 # Blocks end on multiples of block_rows (a multiple of the sequence length), also when a
                 # resume starts mid-block, so every block holds whole sequences.
                 n = min(block_rows - lo % block_rows, part.rows - lo)
-                acts = {h: _pread_into(fd, bufs[h][:n], off + lo * w * dt.itemsize, part.path)
-                        for h, (off, dt, w) in layout.items()}
-                cols = {c: _pread_into(fd, cbufs[c][:n], off + lo * dt.itemsize, part.path) for c, (off, dt) in columns.items()}
+                acts = {
+                    h: _pread_into(fd, bufs[h][:n], off + lo * w * dt.itemsize, part.path)
+                    for h, (off, dt, w) in layout.items()
+                }
+                cols = {
+                    c: _pread_into(fd, cbufs[c][:n], off + lo * dt.itemsize, part.path)
+                    for c, (off, dt) in columns.items()
+                }
                 block = Block(acts, tokens=cols.get("tokens"))
                 if "position" in cols:
                     block.positions, block.seq_index = cols["position"], cols["seq_id"]
@@ -150,6 +168,7 @@ def _raw_reader(layout: dict[str, tuple[int, np.dtype, int]], columns: dict[str,
                 lo += n
         finally:
             os.close(fd)
+
     return read
 
 
@@ -159,7 +178,7 @@ def _pread_into(fd: int, out: np.ndarray, offset: int, path: Path) -> np.ndarray
     while done < len(view):
         got = os.preadv(fd, [view[done:]], offset + done)
         if got == 0:
-            raise ValueError(f"{path} is shorter than its header says (truncated file?)")
+            raise UsageError(f"{path} is shorter than its header says (truncated file?)")
         done += got
     return out
 
@@ -169,18 +188,21 @@ def _open_safetensors(path: Path, tensor: str | None) -> Part:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
-            raise ValueError(f"{path} is not a safetensors file (too short)")
+            raise UsageError(f"{path} is not a safetensors file (too short)")
         (n,) = struct.unpack("<Q", raw)
         if n > 100 << 20:
-            raise ValueError(f"{path} is not a safetensors file (header length {n})")
+            raise UsageError(f"{path} is not a safetensors file (header length {n})")
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ValueError(f"{path} is not a safetensors file (unreadable header)") from None
+            raise UsageError(f"{path} is not a safetensors file (unreadable header)") from None
     base = 8 + n
-    if not isinstance(header, dict) or not all(isinstance(t, dict) and {"dtype", "shape", "data_offsets"} <= set(t)
-                                               for k, t in header.items() if k != "__metadata__"):
-        raise ValueError(f"{path} is not a safetensors file (its header lacks dtype/shape/data_offsets entries)")
+    if not isinstance(header, dict) or not all(
+        isinstance(t, dict) and {"dtype", "shape", "data_offsets"} <= set(t)
+        for k, t in header.items()
+        if k != "__metadata__"
+    ):
+        raise UsageError(f"{path} is not a safetensors file (its header lacks dtype/shape/data_offsets entries)")
     header.pop("__metadata__", None)
     floats, token_entry = {}, None
     for name, t in header.items():
@@ -190,14 +212,14 @@ def _open_safetensors(path: Path, tensor: str | None) -> Part:
             token_entry = t
     if tensor is not None:
         if tensor not in floats:
-            raise ValueError(f"{path} has no 2-D/3-D float tensor '{tensor}'; it has {sorted(floats) or 'none'}")
+            raise UsageError(f"{path} has no 2-D/3-D float tensor '{tensor}'; it has {sorted(floats) or 'none'}")
         floats = {tensor: floats[tensor]}
     if not floats:
         found = {k: (v["dtype"], v["shape"]) for k, v in header.items()}
-        raise ValueError(f"{path} holds no 2-D or 3-D float16/bfloat16/float32/float64 tensor (found {found})")
+        raise UsageError(f"{path} holds no 2-D or 3-D float16/bfloat16/float32/float64 tensor (found {found})")
     lead = {name: tuple(t["shape"][:-1]) for name, t in floats.items()}
     if len(set(lead.values())) > 1:
-        raise ValueError(f"{path}: tensors disagree on their row count {lead}; one row per token in every hook")
+        raise UsageError(f"{path}: tensors disagree on their row count {lead}; one row per token in every hook")
     shape = next(iter(lead.values()))
     rows = int(np.prod(shape))
     layout, hooks = {}, {}
@@ -210,11 +232,15 @@ def _open_safetensors(path: Path, tensor: str | None) -> Part:
         tshape = tuple(token_entry["shape"])
         # Token ids need their sequences: a (sequences, positions) shape, or 1-D ids with `position` and
         # `seq_id` tensors beside them (what `osae store export` writes).
-        explicit = all(header.get(c, {}).get("dtype") in SAFETENSORS_INTS and tuple(header[c]["shape"]) == (rows,)
-                       for c in ("position", "seq_id"))
+        explicit = all(
+            header.get(c, {}).get("dtype") in SAFETENSORS_INTS and tuple(header[c]["shape"]) == (rows,)
+            for c in ("position", "seq_id")
+        )
         if int(np.prod(tshape)) != rows or (len(tshape) != 2 and not explicit):
-            raise ValueError(f"{path}: token ids of shape {tshape} do not fit activations of shape {shape} x width "
-                             f"(token ids need shape (sequences, positions), or position and seq_id tensors)")
+            raise UsageError(
+                f"{path}: token ids of shape {tshape} do not fit activations of shape {shape} x width "
+                f"(token ids need shape (sequences, positions), or position and seq_id tensors)"
+            )
         columns["tokens"] = (base + token_entry["data_offsets"][0], np.dtype(SAFETENSORS_INTS[token_entry["dtype"]]))
         if explicit and len(tshape) != 2:
             for c in ("position", "seq_id"):
@@ -237,15 +263,15 @@ def _open_arrow(path: Path, column: str | None, tokens_column: str | None) -> Pa
             schema = reader.schema
             rows = sum(b.num_rows for b in _iter_batches(reader))
     except pa.ArrowInvalid as exc:
-        raise ValueError(f"{path} is not a readable Arrow file ({exc})") from None
+        raise UsageError(f"{path} is not a readable Arrow file ({exc})") from None
     float_cols = {f.name: _list_shape(f.type) for f in schema if _list_shape(f.type) is not None}
     if column is None:
         candidates = [c for c, s in float_cols.items() if s[2] != "int"]
         if len(candidates) != 1:
-            raise ValueError(f"{path} has {len(candidates)} float list columns {candidates}; choose one with --column")
+            raise UsageError(f"{path} has {len(candidates)} float list columns {candidates}; choose one with --column")
         column = candidates[0]
     if column not in float_cols or float_cols[column][2] == "int":
-        raise ValueError(f"{path} has no float list column '{column}'; its columns are {schema.names}")
+        raise UsageError(f"{path} has no float list column '{column}'; its columns are {schema.names}")
     seq_len, width, dtype = float_cols[column]
     nested = _is_nested(schema.field(column).type)
     if width is None or (nested and seq_len is None):
@@ -254,9 +280,11 @@ def _open_arrow(path: Path, column: str | None, tokens_column: str | None) -> Pa
         seq_len, width = _first_row_sizes(path, column, nested)
     tok_col = tokens_column or next((c for c in TOKEN_NAMES if c in schema.names), None)
     if tokens_column and tokens_column not in schema.names:
-        raise ValueError(f"{path} has no token column '{tokens_column}'; its columns are {schema.names}")
+        raise UsageError(f"{path} has no token column '{tokens_column}'; its columns are {schema.names}")
     if tok_col is not None and seq_len is None:
-        raise ValueError(f"{path}: token column '{tok_col}' needs sequence rows (an Array2D column of positions x width)")
+        raise UsageError(
+            f"{path}: token column '{tok_col}' needs sequence rows (an Array2D column of positions x width)"
+        )
     per_row = seq_len or 1
     part = Part(path, rows * per_row, {column: (width, dtype)}, seq_len=seq_len, has_tokens=tok_col is not None)
     part._reader = _arrow_blocks(column, tok_col)
@@ -267,7 +295,11 @@ def _is_nested(t) -> bool:
     import pyarrow as pa
 
     t = t.storage_type if isinstance(t, pa.ExtensionType) else t
-    return pa.types.is_list(t.value_type) or pa.types.is_fixed_size_list(t.value_type) or pa.types.is_large_list(t.value_type)
+    return (
+        pa.types.is_list(t.value_type)
+        or pa.types.is_fixed_size_list(t.value_type)
+        or pa.types.is_large_list(t.value_type)
+    )
 
 
 def _first_row_sizes(path: Path, column: str, nested: bool) -> tuple[int | None, int]:
@@ -280,7 +312,7 @@ def _first_row_sizes(path: Path, column: str, nested: bool) -> tuple[int | None,
                 if not row or (nested and not row[0]):
                     break
                 return (len(row), len(row[0])) if nested else (None, len(row))
-    raise ValueError(f"{path}: column '{column}' has no non-empty first row to read its shape from")
+    raise UsageError(f"{path}: column '{column}' has no non-empty first row to read its shape from")
 
 
 def _arrow_reader(source, path: Path):
@@ -313,6 +345,7 @@ def _list_shape(t) -> tuple[int | None, int | None, str] | None:
         if pa.types.is_list(x) or pa.types.is_large_list(x):
             return None, x.value_type
         return None
+
     outer = inner(t)
     if outer is None:
         return None
@@ -364,8 +397,10 @@ def _arrow_blocks(column: str, tok_col: str | None):
                             continue
                         flat = _flat_values(piece.column(column))
                         if flat.size != piece.num_rows * per_row * width:
-                            raise ValueError(f"{part.path}: rows of '{column}' differ in shape (expected "
-                                             f"{per_row} x {width} values per row)")
+                            raise UsageError(
+                                f"{part.path}: rows of '{column}' differ in shape (expected "
+                                f"{per_row} x {width} values per row)"
+                            )
                         acts = flat.reshape(-1, width)
                         tokens = _flat_values(piece.column(tok_col)) if tok_col else None
                         cut = max(0, start - first)
@@ -384,6 +419,7 @@ def _arrow_blocks(column: str, tok_col: str | None):
                         break
                 if not reopen:
                     return
+
     return read
 
 

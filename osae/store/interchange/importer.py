@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from osae.constants import DEFAULT_EVAL_FRACTION
-from osae.errors import StoreError
+from osae.errors import StoreError, UsageError
 from osae.store.core.buffered_writer import StoreWriter
 from osae.store.core.digest import file_sha256
 from osae.store.core.format import hook_spec, storage_dtype
@@ -31,13 +31,25 @@ HOOK_NAME = re.compile(r"blocks\.(\d+)\.hook_(\w+)$")
 DTYPE_CHOICES = ("auto", "float16", "float32", "bfloat16")
 
 
-def import_activations(src, out, *, hook: str | None = None, layer: int | None = None, dtype: str = "auto",
-                       column: str | None = None, tokens_column: str | None = None, tensor: str | None = None,
-                       drop_nonfinite: bool = False, append: bool = False, compressor: str = "none",
-                       model: str | None = None, eval_fraction: float = DEFAULT_EVAL_FRACTION,
-                       progress: bool = True) -> dict:
+def import_activations(
+    src,
+    out,
+    *,
+    hook: str | None = None,
+    layer: int | None = None,
+    dtype: str = "auto",
+    column: str | None = None,
+    tokens_column: str | None = None,
+    tensor: str | None = None,
+    drop_nonfinite: bool = False,
+    append: bool = False,
+    compressor: str = "none",
+    model: str | None = None,
+    eval_fraction: float = DEFAULT_EVAL_FRACTION,
+    progress: bool = True,
+) -> dict:
     if dtype not in DTYPE_CHOICES:
-        raise ValueError(f"--dtype must be one of {list(DTYPE_CHOICES)}; got {dtype!r}")
+        raise UsageError(f"--dtype must be one of {list(DTYPE_CHOICES)}; got {dtype!r}")
     src = Path(src)
     parts = open_parts(src, column=column, tokens_column=tokens_column, tensor=tensor)
     names = _hook_names(parts, hook)
@@ -50,23 +62,40 @@ def import_activations(src, out, *, hook: str | None = None, layer: int | None =
         lay, kind = _layer_and_kind(h, layer)
         hooks[h] = hook_spec(lay, widths[i], target[h], hook=kind)
     has_tokens = parts[0].has_tokens
-    identity = {"sources": [{"path": str(p.path.resolve()), "bytes": p.path.stat().st_size} for p in parts],
-                "hooks": names, "dtype": {h: target[h] for h in names}, "column": column, "tensor": tensor,
-                "tokens_column": tokens_column, "layer": layer}
-    writer, first_row = _open_writer(out, identity, hooks, has_tokens, context, append, compressor, model,
-                                     eval_fraction, parts)
+    identity = {
+        "sources": [{"path": str(p.path.resolve()), "bytes": p.path.stat().st_size} for p in parts],
+        "hooks": names,
+        "dtype": {h: target[h] for h in names},
+        "column": column,
+        "tensor": tensor,
+        "tokens_column": tokens_column,
+        "layer": layer,
+    }
+    writer, first_row = _open_writer(
+        out, identity, hooks, has_tokens, context, append, compressor, model, eval_fraction, parts
+    )
     try:
         stats = _copy_rows(writer, parts, names, target, first_row, drop_nonfinite, progress)
         prov = writer.meta["provenance"]
         imp = prov["imports"][-1]
-        imp.update(rows=stats["kept"], nonfinite_dropped=stats["dropped"],
-                   sources=[{**s, "sha256": file_sha256(s["path"])} for s in identity["sources"]])
+        imp.update(
+            rows=stats["kept"],
+            nonfinite_dropped=stats["dropped"],
+            sources=[{**s, "sha256": file_sha256(s["path"])} for s in identity["sources"]],
+        )
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    return {"out": str(out), "rows": stats["kept"], "dropped": stats["dropped"], "hooks": names,
-            "has_tokens": has_tokens, "store_rows": writer.committed, "resumed_at": stats["resumed_at"]}
+    return {
+        "out": str(out),
+        "rows": stats["kept"],
+        "dropped": stats["dropped"],
+        "hooks": names,
+        "has_tokens": has_tokens,
+        "store_rows": writer.committed,
+        "resumed_at": stats["resumed_at"],
+    }
 
 
 # -- planning ---------------------------------------------------------------------------------------
@@ -77,15 +106,22 @@ def _hook_names(parts: list[Part], hook: str | None) -> list[str]:
             return [hook]
         name = per_part[0][0]
         # A file name (.npy stem) says nothing about the hook; tensor and column names usually do.
-        return [name if (HOOK_NAME.search(name) or parts[0].path.suffix != ".npy") and all(h == per_part[0] for h in per_part)
-                else "imported"]
+        return [
+            name
+            if (HOOK_NAME.search(name) or parts[0].path.suffix != ".npy") and all(h == per_part[0] for h in per_part)
+            else "imported"
+        ]
     if any(h != per_part[0] for h in per_part):
-        raise ValueError(f"files disagree on their tensors: {parts[0].path.name} has {per_part[0]}, "
-                         f"{next(p.path.name for p, h in zip(parts, per_part) if h != per_part[0])} has "
-                         f"{next(h for h in per_part if h != per_part[0])}")
+        raise UsageError(
+            f"files disagree on their tensors: {parts[0].path.name} has {per_part[0]}, "
+            f"{next(p.path.name for p, h in zip(parts, per_part) if h != per_part[0])} has "
+            f"{next(h for h in per_part if h != per_part[0])}"
+        )
     if hook:
-        raise ValueError(f"{parts[0].path.name} holds several tensors {per_part[0]}; pick one with --tensor, "
-                         f"or leave out --hook to import each as its own hook")
+        raise UsageError(
+            f"{parts[0].path.name} holds several tensors {per_part[0]}; pick one with --tensor, "
+            f"or leave out --hook to import each as its own hook"
+        )
     return per_part[0]
 
 
@@ -96,16 +132,20 @@ def _check_parts(parts: list[Part]) -> tuple[list[int], list[str]]:
         got = list(p.hooks.values())
         for (w0, d0), (w, d) in zip(ref, got):
             if w != w0:
-                raise ValueError(f"mismatched widths: {parts[0].path.name} has rows of {w0} values, {p.path.name} "
-                                 f"has {w}; import files of one width")
+                raise UsageError(
+                    f"mismatched widths: {parts[0].path.name} has rows of {w0} values, {p.path.name} "
+                    f"has {w}; import files of one width"
+                )
             if d != d0:
-                raise ValueError(f"mismatched dtypes: {parts[0].path.name} is {d0}, {p.path.name} is {d}; convert "
-                                 f"them to one dtype first")
+                raise UsageError(
+                    f"mismatched dtypes: {parts[0].path.name} is {d0}, {p.path.name} is {d}; convert "
+                    f"them to one dtype first"
+                )
         if p.has_tokens != parts[0].has_tokens:
-            raise ValueError(f"{parts[0].path.name} and {p.path.name} disagree on token ids (one has them)")
+            raise UsageError(f"{parts[0].path.name} and {p.path.name} disagree on token ids (one has them)")
     for p in parts:
         if p.rows == 0:
-            raise ValueError(f"{p.path} holds no rows")
+            raise UsageError(f"{p.path} holds no rows")
     return [w for w, _ in ref], [d for _, d in ref]
 
 
@@ -133,15 +173,21 @@ def _open_writer(out, identity, hooks, has_tokens, context, append, compressor, 
             log.info("resuming the import into %s at row %d", loc.display, store.n_tokens)
             return StoreWriter.resume(out), int(imports[-1]["first_row"])
         if not store.complete:
-            raise StoreError(f"{loc.display} is an unfinished store written from other sources or settings; "
-                             f"re-run the command that started it, or import into a new --out")
+            raise StoreError(
+                f"{loc.display} is an unfinished store written from other sources or settings; "
+                f"re-run the command that started it, or import into a new --out"
+            )
         if not append:
-            raise StoreError(f"{loc.display} already exists; pass --append to add these rows to it (same hook and "
-                             f"width), or choose a new --out")
+            raise StoreError(
+                f"{loc.display} already exists; pass --append to add these rows to it (same hook and "
+                f"width), or choose a new --out"
+            )
         longest = max((p.seq_len or 0) for p in parts)
         if has_tokens and store.context_size and longest > store.context_size:
-            raise StoreError(f"{loc.display} keeps token windows of {store.context_size} positions; these sequences "
-                             f"have {longest}: import them into a new store")
+            raise StoreError(
+                f"{loc.display} keeps token windows of {store.context_size} positions; these sequences "
+                f"have {longest}: import them into a new store"
+            )
         writer = StoreWriter.append(out, hooks=hooks, has_tokens=has_tokens)
         record["first_row"] = writer.committed
         record["seq_offset"] = writer.n_sequences  # sequence ids stay unique across imports
@@ -154,18 +200,35 @@ def _open_writer(out, identity, hooks, has_tokens, context, append, compressor, 
     provenance = {
         "model": {"name": model, "source": model} if model else None,
         "dataset": {"id": "imported", "sources": [s["path"] for s in identity["sources"]]},
-        "bos": "as in the source", "padding": "as in the source", "generator": "osae store import",
+        "bos": "as in the source",
+        "padding": "as in the source",
+        "generator": "osae store import",
         "imports": [record],
     }
     split = {"rule": "hash-chunks", "eval_fraction": eval_fraction, "seed": 0}
-    writer = StoreWriter.create(out, hooks=hooks, has_tokens=has_tokens, context_size=context, provenance=provenance,
-                                compressor=compressor, expected_rows=expected, split=split)
+    writer = StoreWriter.create(
+        out,
+        hooks=hooks,
+        has_tokens=has_tokens,
+        context_size=context,
+        provenance=provenance,
+        compressor=compressor,
+        expected_rows=expected,
+        split=split,
+    )
     return writer, 0
 
 
 # -- copying ----------------------------------------------------------------------------------------
-def _copy_rows(writer: StoreWriter, parts: list[Part], names: list[str], target: dict[str, str], first_row: int,
-               drop_nonfinite: bool, progress: bool) -> dict:
+def _copy_rows(
+    writer: StoreWriter,
+    parts: list[Part],
+    names: list[str],
+    target: dict[str, str],
+    first_row: int,
+    drop_nonfinite: bool,
+    progress: bool,
+) -> dict:
     done_here = writer.committed - first_row  # rows of this import already committed (resume)
     record = writer.meta["provenance"]["imports"][-1]
     # Once any run of this import has dropped rows, store rows no longer map one to one onto source rows:
@@ -180,8 +243,9 @@ def _copy_rows(writer: StoreWriter, parts: list[Part], names: list[str], target:
     total = sum(p.rows for p in parts)
     kept = dropped = 0
     source_row = 0
-    bar = tqdm(total=total, initial=skip_source, unit="row", unit_scale=True, desc="import",
-               disable=None if progress else True)
+    bar = tqdm(
+        total=total, initial=skip_source, unit="row", unit_scale=True, desc="import", disable=None if progress else True
+    )
     for part in parts:
         part_rows = part.rows
         if skip_source >= source_row + part_rows:
@@ -214,16 +278,22 @@ def _copy_rows(writer: StoreWriter, parts: list[Part], names: list[str], target:
             n_bad = int((~good & fresh).sum())
             if n_bad and not drop_nonfinite:
                 first_bad = source_row + start + int(np.argmax(~good & fresh))
-                raise ValueError(f"{part.path}: {n_bad} row(s) with NaN/Inf in rows {source_row + start}.."
-                                 f"{source_row + start + len(good) - 1} (first: source row {first_bad}); pass "
-                                 f"--drop-nonfinite to drop them (the committed rows are kept; re-run to resume)")
+                raise UsageError(
+                    f"{part.path}: {n_bad} row(s) with NaN/Inf in rows {source_row + start}.."
+                    f"{source_row + start + len(good) - 1} (first: source row {first_bad}); pass "
+                    f"--drop-nonfinite to drop them (the committed rows are kept; re-run to resume)"
+                )
             idx = np.nonzero(good)[0]
             rows = {h: a[idx] for h, a in acts.items()}
             if part.has_tokens:
                 seq = block.seq_index + seq_offset
                 sequences.add(block, seq[idx], idx)
-                writer.write(rows, tokens=block.tokens[idx].astype(np.int32), seq_id=seq[idx].astype(np.int64),
-                             position=block.positions[idx].astype(np.int32))
+                writer.write(
+                    rows,
+                    tokens=block.tokens[idx].astype(np.int32),
+                    seq_id=seq[idx].astype(np.int64),
+                    position=block.positions[idx].astype(np.int32),
+                )
             else:
                 writer.write(rows)
             kept += len(idx)
@@ -267,8 +337,10 @@ class SequenceRecorder:
             for row, j in enumerate(where):
                 same = block.seq_index == block.seq_index[idx[j]]
                 if block.positions[same].max() >= window:
-                    raise ValueError(f"a sequence has positions up to {int(block.positions[same].max())}, beyond the "
-                                     f"store's windows of {window} tokens: import it into a new store")
+                    raise UsageError(
+                        f"a sequence has positions up to {int(block.positions[same].max())}, beyond the "
+                        f"store's windows of {window} tokens: import it into a new store"
+                    )
                 contexts[row, block.positions[same]] = block.tokens[same]
         self.writer.add_sequences(self.writer.n_rows + where, contexts)
 

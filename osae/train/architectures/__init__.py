@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from osae.errors import UsageError
 from osae.train.architectures.base import SAE, SAEConfig
 from osae.train.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
 from osae.train.architectures.hybridorder import HybridOrderConfig, HybridOrderSAE
@@ -28,7 +29,7 @@ ARCHITECTURES: dict[str, tuple[type[SAEConfig], type[SAE]]] = {
 
 def build(arch: str, **config) -> SAE:
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
+        raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
     cfg_cls, sae_cls = ARCHITECTURES[arch]
     return sae_cls(cfg_cls(**config))
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from osae.distributed import SINGLE, Collective
+from osae.errors import UsageError
 
 
 class Code(Protocol):
@@ -82,7 +83,8 @@ class SparseCode:
     def dense(self, d_sae: int) -> torch.Tensor:
         if self.offsets is None:
             return torch.zeros(self.idx.shape[0], d_sae, dtype=self.vals.dtype, device=self.vals.device).scatter_(
-                1, self.idx, self.vals)
+                1, self.idx, self.vals
+            )
         rows = self.rows()
         out = torch.zeros(len(self.offsets), d_sae, dtype=self.vals.dtype, device=self.vals.device)
         out[rows, self.idx] = self.vals
@@ -234,15 +236,15 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         if self.d_in is not None and self.d_in <= 0:
-            raise ValueError(f"d_in must be positive; got {self.d_in}")
+            raise UsageError(f"d_in must be positive; got {self.d_in}")
         if self.d_sae <= 0:
-            raise ValueError(f"dict size must be positive; got {self.d_sae}")
+            raise UsageError(f"dict size must be positive; got {self.d_sae}")
         if self.uses_k and self.k > self.d_sae:
-            raise ValueError(f"k={self.k} is larger than the dictionary size {self.d_sae}: k must be in [1, d_sae]")
+            raise UsageError(f"k={self.k} is larger than the dictionary size {self.d_sae}: k must be in [1, d_sae]")
         if self.uses_k and self.k < 1:
-            raise ValueError(f"k must be in [1, d_sae={self.d_sae}]; got {self.k}")
+            raise UsageError(f"k must be in [1, d_sae={self.d_sae}]; got {self.k}")
 
-    def bind(self, d_in: int) -> "SAEConfig":
+    def bind(self, d_in: int) -> SAEConfig:
         """This config for activations of width `d_in`, validated again."""
         return replace(self, d_in=d_in)
 
@@ -258,7 +260,7 @@ class SAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SAEConfig":
+    def from_dict(cls, d: dict) -> SAEConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -385,8 +387,14 @@ def threshold_code(pre_BF: torch.Tensor, theta: float) -> SparseCode:
     return SparseCode(idx, pre_BF[rows, idx], offsets)
 
 
-def aux_k_loss(sae: SAE, x_BD: torch.Tensor, recon_BD: torch.Tensor, pre_BF: torch.Tensor,
-               dead_F: torch.Tensor | None, collective: Collective = SINGLE) -> torch.Tensor:
+def aux_k_loss(
+    sae: SAE,
+    x_BD: torch.Tensor,
+    recon_BD: torch.Tensor,
+    pre_BF: torch.Tensor,
+    dead_F: torch.Tensor | None,
+    collective: Collective = SINGLE,
+) -> torch.Tensor:
     """AuxK (methods.md 2.2): the dead latents' top-k_aux reconstruction of the detached residual, without
     b_dec, normalised by the residual's total variance over the whole batch (every process's slice)."""
     zero = pre_BF.new_zeros(())

@@ -57,8 +57,10 @@ class BatchTopKSAE(SAE):
         pre = self.pre_acts(x_BD)
         code = self.train_code(pre, ctx.collective)
         recon = self.decode(code)
-        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(),
-                  "auxk": aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective)}
+        losses = {
+            "mse": ((recon - x_BD) ** 2).sum(1).mean(),
+            "auxk": aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective),
+        }
         return ForwardOutput(recon, code, losses, pre, stats=self.threshold_stats(code))
 
     @torch.no_grad()

@@ -76,8 +76,11 @@ class HybridOrderSAE(SAE):
         code = DenseCode(z)
         recon = self.decode(code)
         losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(), "l1": self.l1_weight(n_t) * z.sum(1).mean()}
-        stats = {"input_norm": ("global", n_t), "fires": ("sum", (z.detach() > self.cfg.eps).sum(0).float()),
-                 "tokens": ("sum", z.new_tensor(float(len(x_BD))))}
+        stats = {
+            "input_norm": ("global", n_t),
+            "fires": ("sum", (z.detach() > self.cfg.eps).sum(0).float()),
+            "tokens": ("sum", z.new_tensor(float(len(x_BD)))),
+        }
         return ForwardOutput(recon, code, losses, stats=stats)
 
     @torch.no_grad()

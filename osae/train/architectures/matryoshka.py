@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from osae.distributed import SINGLE
+from osae.errors import UsageError
 from osae.train.architectures.base import ForwardOutput, StepContext, aux_k_loss, topk_code
 from osae.train.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
 from osae.train.prefix import default_widths, sample_boundaries
@@ -40,9 +41,9 @@ class MatryoshkaConfig(BatchTopKConfig):
             self.widths = default_widths(self.d_sae)
         w = list(self.widths)
         if w != sorted(set(w)) or w[-1] != self.d_sae or w[0] < 1:
-            raise ValueError(f"widths must be increasing and end at d_sae={self.d_sae}; got {w}")
+            raise UsageError(f"widths must be increasing and end at d_sae={self.d_sae}; got {w}")
         if self.level_weights is not None and len(self.level_weights) != len(w):
-            raise ValueError(f"level_weights needs one weight per width ({len(w)}); got {len(self.level_weights)}")
+            raise UsageError(f"level_weights needs one weight per width ({len(w)}); got {len(self.level_weights)}")
         _check_selection(self.selection)
 
     def saelens_architecture(self) -> str:
@@ -63,9 +64,9 @@ class MatryoshkaRandomConfig(BatchTopKConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 1 <= self.groups <= self.d_sae:
-            raise ValueError(f"groups must be in [1, d_sae={self.d_sae}]; got {self.groups}")
+            raise UsageError(f"groups must be in [1, d_sae={self.d_sae}]; got {self.groups}")
         if not 1 <= self.b_min < self.d_sae:
-            raise ValueError(f"b_min must be in [1, d_sae={self.d_sae}); got {self.b_min}")
+            raise UsageError(f"b_min must be in [1, d_sae={self.d_sae}); got {self.b_min}")
         _check_selection(self.selection)
 
     def saelens_architecture(self) -> str:
@@ -74,7 +75,7 @@ class MatryoshkaRandomConfig(BatchTopKConfig):
 
 def _check_selection(selection: str) -> None:
     if selection not in ("batch", "token"):
-        raise ValueError(f"selection must be batch or token; got {selection!r}")
+        raise UsageError(f"selection must be batch or token; got {selection!r}")
 
 
 def _selection_saelens(selection: str) -> str:

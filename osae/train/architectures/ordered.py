@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from osae.errors import UsageError
 from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, SparseCode, StepContext, aux_k_loss, topk_code
 from osae.train.ordered_loss import ordered_loss_dense, ordered_loss_sparse
 from osae.train.prefix import LAWS, inclusion_weights
@@ -52,13 +53,13 @@ class OrderedConfig(SAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.prefix_law not in LAWS:
-            raise ValueError(f"prefix_law must be one of {LAWS}; got {self.prefix_law!r}")
+            raise UsageError(f"prefix_law must be one of {LAWS}; got {self.prefix_law!r}")
         if self.estimator not in ("exact", "sample"):
-            raise ValueError(f"estimator must be exact or sample; got {self.estimator!r}")
+            raise UsageError(f"estimator must be exact or sample; got {self.estimator!r}")
         if self.k_init is not None and not self.k <= self.k_init <= self.d_sae:
-            raise ValueError(f"k_init must be in [k={self.k}, d_sae={self.d_sae}]; got {self.k_init}")
+            raise UsageError(f"k_init must be in [k={self.k}, d_sae={self.d_sae}]; got {self.k_init}")
         if self.sweep_every <= 0:
-            raise ValueError(f"sweep_every must be positive; got {self.sweep_every}")
+            raise UsageError(f"sweep_every must be positive; got {self.sweep_every}")
 
 
 class OrderedSAE(SAE):
@@ -66,8 +67,15 @@ class OrderedSAE(SAE):
 
     def __init__(self, cfg: OrderedConfig):
         super().__init__(cfg)
-        pi = inclusion_weights(cfg.prefix_law, cfg.d_sae, rho=cfg.prefix_rho, alpha=cfg.prefix_alpha,
-                               widths=cfg.prefix_widths, groups=cfg.prefix_groups, custom=cfg.prefix_custom)
+        pi = inclusion_weights(
+            cfg.prefix_law,
+            cfg.d_sae,
+            rho=cfg.prefix_rho,
+            alpha=cfg.prefix_alpha,
+            widths=cfg.prefix_widths,
+            groups=cfg.prefix_groups,
+            custom=cfg.prefix_custom,
+        )
         self.register_buffer("pi", pi.float())
         self.register_buffer("n_frozen", torch.tensor(0, dtype=torch.long))
 
@@ -125,4 +133,3 @@ class OrderedSAE(SAE):
         recon = self.decode(code)
         auxk = aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective)
         return ForwardOutput(recon, code, {"nd": nd, "auxk": auxk}, pre)
-

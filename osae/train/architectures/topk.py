@@ -30,6 +30,8 @@ class TopKSAE(SAE):
         pre = self.pre_acts(x_BD)
         code = topk_code(pre, self.cfg.k)
         recon = self.decode(code)
-        losses = {"mse": ((recon - x_BD) ** 2).sum(1).mean(),
-                  "auxk": aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective)}
+        losses = {
+            "mse": ((recon - x_BD) ** 2).sum(1).mean(),
+            "auxk": aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective),
+        }
         return ForwardOutput(recon, code, losses, pre)
