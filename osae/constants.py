@@ -25,4 +25,7 @@ CHUNKS_PER_SHARD = 8
 MIN_CHUNK_ROWS = 256
 
 DEFAULT_EVAL_FRACTION = 0.02
+# New stores hold out at least this many rows (whole chunks, up to half the store) when the fraction gives fewer:
+# FVU, CE and Stab/Ord on a few thousand tokens are too noisy to compare SAEs by.
+MIN_EVAL_ROWS = 100_000
 DEFAULT_LOADER_BUFFER_BYTES = 1 * 2**30

@@ -60,7 +60,7 @@ def test_info_json_has_the_contract_keys(toy):
         assert key in info
     assert info["n_tokens"] == 22000 and info["complete"] is True
     assert info["hooks"]["toy"] == {"layer": None, "hook": "synthetic", "d_model": 80, "dtype": "float32"}
-    assert info["ground_truth"]["arrays"] == ["codes", "dictionary", "prior"]
+    assert info["ground_truth"]["arrays"] == ["code_indices", "code_values", "dictionary", "prior"]
     assert info["split"]["eval_tokens"] == 2000 and info["split"]["train_tokens"] == 20000
     assert len(info["fingerprint"]) == 32
 

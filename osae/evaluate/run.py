@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from osae.constants import MIN_EVAL_ROWS
 from osae.errors import CheckpointError, UsageError
 from osae.evaluate.batches import checkpoint_normalizer, encode_rows
 from osae.evaluate.consistency import CodeCorrelation, match, prefix_curves
@@ -29,7 +30,7 @@ from osae.evaluate.reconstruction import (
     rsa,
 )
 from osae.evaluate.stitching import stitching
-from osae.store import ActivationStore, iter_rows
+from osae.store import ActivationStore, iter_rows, split_intervals
 from osae.train.checkpoint import CONFIG, load_frozen
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,19 @@ def _seed_family(name: str) -> str:
     return re.sub(r"-s\d+$", "", name)
 
 
+def _note_small_eval_split(store: ActivationStore, max_tokens: int, notes: dict) -> None:
+    """Warn (and note in the report) when the held-out split is smaller than the metrics ask for and than
+    MIN_EVAL_ROWS: FVU, CE and Stab/Ord on a few thousand tokens cannot tell SAEs apart reliably."""
+    n = split_intervals(store, "eval").n_rows
+    if n < min(max_tokens, MIN_EVAL_ROWS):
+        text = (
+            f"the evaluation split of {store.loc.display} holds only {n:,} rows (fewer than {MIN_EVAL_ROWS:,}); "
+            f"every metric is computed on them: harvest or import more tokens for comparisons that hold"
+        )
+        log.warning("%s", text)
+        notes["eval_split"] = text
+
+
 def evaluate(
     paths: list[str],
     store_url: str,
@@ -92,8 +106,9 @@ def evaluate(
         sae, cfg = load_frozen(c, device=device)
         require_matching_store(c, sae, cfg, store)
         loaded[c.name] = (sae, cfg, checkpoint_normalizer(cfg))
+    _note_small_eval_split(store, max_tokens, notes)
     lm = _load_lm(store, model, use_model, require_model, notes, device)
-    gt = store.ground_truth()
+    gt = store.ground_truth(["dictionary"])  # not the true codes: they can be far larger than the activations
     saes = {}
     figures = {"ea2": {}, "freq": {}, "matchings": {}}  # arrays for the plots, not part of the JSON
     for name, (sae, cfg, norm) in tqdm(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from osae.constants import MIN_EVAL_ROWS
 from osae.distributed import broadcast, gather, init_distributed
 from osae.errors import StoreError, UsageError
 from osae.harvest.config import IDENTITY, HarvestConfig
@@ -103,7 +104,7 @@ def _open_or_create(
         provenance=provenance,
         compressor=cfg.compressor,
         expected_rows=plan.total_rows if cfg.windows == "packed" else cfg.tokens,
-        split={"rule": "hash-chunks", "eval_fraction": cfg.eval_fraction, "seed": 0},
+        split={"rule": "hash-chunks", "eval_fraction": cfg.eval_fraction, "seed": 0, "min_eval_rows": MIN_EVAL_ROWS},
         overwrite=cfg.overwrite,
     )
 

@@ -12,7 +12,8 @@ Tools: `store_info`, `verify_store`, `copy_store` (`osae store info | verify | c
 and `export_rows` (`osae store import | export`), `file_sha256`.
 
 Layout: `core/` is the format (reading, writing, the commit protocol), `loader.py` the training stream,
-`interchange/` the import/export of other tools' files, `tools.py` and `cli.py` the `osae store` commands.
+`interchange/` the import/export of other tools' files, `tools.py` and `cli.py` the `osae store` commands
+(`integrity.py`: what `verify` checks).
 """
 
 from osae.store.core.buffered_writer import StoreWriter

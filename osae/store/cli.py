@@ -9,6 +9,7 @@ import typer
 from osae.cli_common import fail, print_json, user_errors
 from osae.store import tools
 from osae.store.core.format import COMPRESSORS
+from osae.store.integrity import finding_line
 
 app = typer.Typer(help="Inspect, verify and copy activation stores.", no_args_is_help=True)
 
@@ -54,7 +55,7 @@ def info_cmd(
     )
     typer.echo(f"layout       chunks of {meta['chunk_rows']} rows, shards of {meta['shard_rows']} rows")
     typer.echo(f"split        train {meta['split']['train_tokens']:,} / eval {meta['split']['eval_tokens']:,} tokens")
-    typer.echo(f"fingerprint  {meta['fingerprint']}")
+    typer.echo(f"fingerprint  {meta['fingerprint'] or meta.get('fingerprint_error', 'none (no digests)')}")
 
 
 @app.command("verify")
@@ -63,7 +64,7 @@ def verify_cmd(
     store: str = typer.Argument(..., help="Store path or URL."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Read every chunk: checksums, recorded digests and NaN/Inf. Exits 1 listing bad chunks.
+    """Read every chunk of every array: checksums, digests, NaN/Inf and statistics. Exits 1 listing bad chunks.
 
     Examples:
       osae store verify acts.zarr
@@ -73,10 +74,13 @@ def verify_cmd(
     if json_out:
         print_json(report)
     else:
-        for b in report["bad_chunks"]:
-            typer.echo(f"bad   {b['array']} chunk {b['chunk']}: {b['reason']}", err=True)
-        verdict = "ok" if report["ok"] else f"{len(report['bad_chunks'])} bad chunk(s)"
-        typer.echo(f"checked {report['checked_chunks']} chunks of {report['n_tokens']:,} tokens: {verdict}")
+        for finding in report["bad_chunks"]:
+            typer.echo(f"bad   {finding_line(finding)}", err=True)
+        verdict = "ok" if report["ok"] else f"{len(report['bad_chunks'])} problem(s)"
+        # The row chunks are the count users relate to the tokens; the other arrays' chunks are named after it.
+        groups = sorted({p.split("/", 1)[0] for p in report["checked_other_arrays"]})
+        others = f" (and {report['checked_other_chunks']} chunks of {', '.join(groups)})" if groups else ""
+        typer.echo(f"checked {report['checked_chunks']} chunks of {report['n_tokens']:,} tokens: {verdict}{others}")
     if not report["ok"]:
         raise typer.Exit(1)
 

@@ -7,13 +7,14 @@ import logging
 import numpy as np
 from tqdm.auto import tqdm
 
-from osae.constants import ACTS_GROUP, SEQUENCES_GROUP
+from osae.constants import SEQUENCES_GROUP
+from osae.errors import StoreError
 from osae.store.core.buffered_writer import StoreWriter
-from osae.store.core.digest import chunk_digest
 from osae.store.core.location import filesystem
-from osae.store.core.manifest import manifest, row_array_paths, store_fingerprint
-from osae.store.core.reader import ActivationStore, to_float32
+from osae.store.core.manifest import row_array_paths, store_fingerprint
+from osae.store.core.reader import ActivationStore
 from osae.store.core.split import split_intervals
+from osae.store.integrity import check_store
 
 log = logging.getLogger(__name__)
 
@@ -65,58 +66,22 @@ def info(url) -> dict:
         "provenance": prov,
         "created": store.meta.get("created"),
         "osae_version": store.meta.get("osae_version"),
-        "fingerprint": store_fingerprint(store),
+        **_fingerprint_or_reason(store),
     }
+
+
+def _fingerprint_or_reason(store: ActivationStore) -> dict:
+    """info shows what it can of a damaged store: the fingerprint, or why there is none."""
+    try:
+        return {"fingerprint": store_fingerprint(store)}
+    except StoreError as exc:
+        return {"fingerprint": None, "fingerprint_error": str(exc)}
 
 
 def verify(url, *, progress: bool = False) -> dict:
-    """Read every committed chunk: checksums (crc32c codec), digests against the manifest, NaN/Inf."""
-    store = ActivationStore(url, quiet=True)
-    m = manifest(store) or {}
-    bad: list[dict] = []
-    checked = 0
-    paths = row_array_paths(store)
-    bar = tqdm(total=store.n_chunks * len(paths), unit="chunk", desc="verify", disable=None if progress else True)
-    for p in paths:
-        digests = m.get(p)
-        if digests is None:
-            bad.append({"array": p, "chunk": None, "reason": "no digest manifest"})
-        for c in range(store.n_chunks):
-            checked += 1
-            bar.update(1)
-            try:
-                rows = store.read_chunk(p, c)
-            except Exception as exc:  # a failed checksum or a damaged shard surfaces as a codec error
-                bad.append({"array": p, "chunk": c, "reason": f"unreadable: {type(exc).__name__}: {str(exc)[:120]}"})
-                continue
-            if digests is not None and c < len(digests) and chunk_digest(rows) != int(digests[c]):
-                bad.append(
-                    {
-                        "array": p,
-                        "chunk": c,
-                        "reason": "content differs from its recorded digest (missing or altered chunk)",
-                    }
-                )
-            if p.startswith(ACTS_GROUP):
-                hook = p.split("/", 1)[1]
-                n_bad = int((~np.isfinite(to_float32(rows, store.dtype(hook)))).sum())
-                if n_bad:
-                    bad.append({"array": p, "chunk": c, "reason": f"{n_bad} NaN/Inf values"})
-    bar.close()
-    for p in (f"{SEQUENCES_GROUP}/row_start", f"{SEQUENCES_GROUP}/context"):
-        if store.has_tokens and p in store.group:
-            try:
-                store.array(p)[: store.n_sequences]
-            except Exception as exc:
-                bad.append({"array": p, "chunk": None, "reason": f"unreadable: {type(exc).__name__}"})
-    return {
-        "ok": not bad,
-        "checked_chunks": checked,
-        "bad_chunks": bad,
-        "n_tokens": store.n_tokens,
-        "complete": store.complete,
-        "fingerprint": store_fingerprint(store),
-    }
+    """Read every chunk of every array (crc32c), compare row chunks with their digests, look for NaN/Inf and check
+    the recorded statistics (`osae.store.integrity`). `bad_chunks` holds one finding per bad chunk."""
+    return check_store(ActivationStore(url, quiet=True), progress=progress)
 
 
 def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, progress: bool = False) -> dict:

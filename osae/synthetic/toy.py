@@ -2,19 +2,25 @@
 
 d-dimensional samples x = D* y: K unit atoms with Zipf(alpha) frequency prior, m distinct active atoms per
 sample drawn by weighted sampling without replacement, half-normal coefficients, no noise and no bias.
-Atom order = decreasing prior = the ground-truth order. Seeds: seed -> D*, seed+1 -> training codes,
-seed+2 -> validation codes (the store's evaluation split).
+Atom order = decreasing prior = the ground-truth order. Seeds: seed -> D*; (seed+1, b) -> seed block b (rows
+4096 b .. 4096 b + 4095) of the training codes; (seed+2, b) -> that of the validation codes (the store's
+evaluation split). The codes are generated, written and stored sparse (`sampling.py`), so memory does not grow
+with n or K * n.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from osae.errors import UsageError
 from osae.store import StoreWriter, hook_spec
+from osae.synthetic.sampling import SEED_BLOCK_ROWS, decode, iter_codes, zipf_prior
+
+CODE_INDICES, CODE_VALUES = "code_indices", "code_values"  # ground_truth/ array names (store-format.md)
 
 log = logging.getLogger(__name__)
 TOY_HOOK = "toy"
@@ -44,23 +50,6 @@ class ToyConfig:
             raise UsageError(f"m must be in [1, n_atoms={self.n_atoms}]; got {self.m}")
 
 
-def zipf_prior(n_atoms: int, alpha: float) -> np.ndarray:
-    p = np.arange(1, n_atoms + 1, dtype=np.float64) ** (-alpha)
-    return p / p.sum()
-
-
-def sample_codes(rng: np.random.Generator, n: int, prior: np.ndarray, m: int) -> np.ndarray:
-    """(n, K) half-normal codes on m distinct atoms per row, drawn without replacement with weights `prior`.
-
-    Gumbel-top-m on log-weights is exactly successive weighted sampling without replacement, vectorized.
-    """
-    keys = np.log(prior)[None, :] + rng.gumbel(size=(n, len(prior)))
-    support = np.argpartition(-keys, m - 1, axis=1)[:, :m]
-    codes = np.zeros((n, len(prior)), dtype=np.float32)
-    np.put_along_axis(codes, support, np.abs(rng.standard_normal((n, m))).astype(np.float32), axis=1)
-    return codes
-
-
 def toy_dictionary(rng: np.random.Generator, n_atoms: int, d: int) -> np.ndarray:
     atoms = rng.standard_normal((n_atoms, d)) / np.sqrt(d)
     return (atoms / np.linalg.norm(atoms, axis=1, keepdims=True)).astype(np.float32)
@@ -74,21 +63,49 @@ def _chunk_rows(n: int) -> int:
     return min(n, 16384)
 
 
-def write_toy_store(out, cfg: ToyConfig, *, overwrite: bool = False) -> dict:
+def _rebatch(blocks: Iterator[tuple[np.ndarray, ...]], rows: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """The rows of `blocks` (tuples of row arrays) regrouped into tuples of `rows` rows (the last may be shorter)."""
+    pending: list[tuple[np.ndarray, ...]] = []
+    held = 0
+    for block in blocks:
+        pending.append(block)
+        held += len(block[0])
+        while held >= rows:
+            merged = pending[0] if len(pending) == 1 else tuple(np.concatenate(parts) for parts in zip(*pending))
+            yield tuple(a[:rows] for a in merged)
+            pending, held = [tuple(a[rows:] for a in merged)], held - rows
+    if held:
+        yield tuple(np.concatenate(parts) for parts in zip(*pending))
+
+
+def toy_rows(cfg: ToyConfig, dictionary: np.ndarray, prior: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+    """The store's rows in order, training then held-out, as (x (r, d) float32, indices (r, m) int32, values
+    (r, m) float32) blocks of at most SEED_BLOCK_ROWS rows."""
+    for stream_seed, n in ((cfg.seed + 1, cfg.n), (cfg.seed + 2, cfg.n_eval)):
+        for indices, values in iter_codes(stream_seed, n, prior, cfg.m):
+            yield decode(indices, values, dictionary), indices, values
+
+
+def write_toy_store(out, cfg: ToyConfig, *, overwrite: bool = False, write_rows: int = SEED_BLOCK_ROWS) -> dict:
     """Write `cfg`'s toy data to the store `out`: the training rows, then the held-out rows (the evaluation split),
-    then the ground truth (dictionary, prior, codes). Returns rows, chunk_rows and eval_chunks."""
+    then the ground truth (dictionary, prior, sparse codes). Returns rows, chunk_rows and eval_chunks.
+
+    Rows are generated one seed block at a time and handed to the writers `write_rows` rows at a time, so memory
+    is the writer's shard buffer plus a few (write_rows, d) arrays whatever n and K; the data do not depend on
+    `write_rows`."""
+    if write_rows <= 0:
+        raise UsageError(f"write_rows must be positive; got {write_rows}")
     prior = zipf_prior(cfg.n_atoms, cfg.alpha)
     dictionary = toy_dictionary(np.random.default_rng(cfg.seed), cfg.n_atoms, cfg.d)
-    train = sample_codes(np.random.default_rng(cfg.seed + 1), cfg.n, prior, cfg.m)
-    valid = sample_codes(np.random.default_rng(cfg.seed + 2), cfg.n_eval, prior, cfg.m)
+    rows = cfg.n + cfg.n_eval
     cr = _chunk_rows(cfg.n)
     first_eval = -(-cfg.n // cr)
-    eval_chunks = list(range(first_eval, -(-(cfg.n + cfg.n_eval) // cr)))
+    eval_chunks = list(range(first_eval, -(-rows // cr)))
     writer = StoreWriter.create(
         out,
         hooks={TOY_HOOK: hook_spec(None, cfg.d, "float32", hook="synthetic")},
         has_tokens=False,
-        # "osae.store.toy" is where this generator first lived; the recorded name stays so toy stores keep their bytes.
+        # "osae.store.toy" is where this generator first lived; the recorded name is kept for continuity.
         provenance={
             "model": None,
             "dataset": {"id": "osae-gaussian-toy", **asdict(cfg)},
@@ -99,15 +116,24 @@ def write_toy_store(out, cfg: ToyConfig, *, overwrite: bool = False) -> dict:
         overwrite=overwrite,
     )
     try:
-        for codes in (train, valid):
-            for lo in range(0, len(codes), writer.shard_rows):
-                writer.write({TOY_HOOK: codes[lo : lo + writer.shard_rows] @ dictionary})
+        codes = writer.ground_truth_rows(
+            {CODE_INDICES: ((rows, cfg.m), "int32"), CODE_VALUES: ((rows, cfg.m), "float32")}
+        )
+        for x, indices, values in _rebatch(toy_rows(cfg, dictionary, prior), write_rows):
+            writer.write({TOY_HOOK: x})
+            codes.write({CODE_INDICES: indices, CODE_VALUES: values})
+        codes.close()
         writer.write_ground_truth(
-            {"dictionary": dictionary, "prior": prior.astype(np.float32), "codes": np.concatenate([train, valid])},
-            {"order": "decreasing prior", "config": asdict(cfg)},
+            {"dictionary": dictionary, "prior": prior.astype(np.float32)},
+            {
+                "order": "decreasing prior",
+                "config": asdict(cfg),
+                "codes": "sparse",
+                "seed_block_rows": SEED_BLOCK_ROWS,
+            },
         )
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    return {"rows": cfg.n + cfg.n_eval, "chunk_rows": cr, "eval_chunks": eval_chunks}
+    return {"rows": rows, "chunk_rows": cr, "eval_chunks": eval_chunks}

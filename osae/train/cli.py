@@ -115,7 +115,7 @@ def _sae_list(saes, path: str) -> list:
 def fit_cmd(
     ctx: typer.Context,
     store: str = typer.Option(None, "--store", help="Activation store (path or URL)."),
-    out: str = typer.Option(None, "--out", help="Run directory to create."),
+    out: str = typer.Option(None, "--out", help="Run directory; the same command on it again resumes the run."),
     resume: str = typer.Option(None, "--resume", help="Continue this run directory exactly where it stopped."),
     config: str = typer.Option(
         None,

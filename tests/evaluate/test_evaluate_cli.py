@@ -60,6 +60,8 @@ def test_evaluate_reports_every_sae_and_pair_with_ground_truth(run, tmp_path):
     ):
         assert m[key] is not None, key
     assert m["ce_loss_recovered"] is None and "lm" in result["notes"]  # a synthetic store names no model
+    # 1,000 held-out rows: said on stderr and in the report, not computed on silently
+    assert "holds only 1,000 rows" in result["notes"]["eval_split"] and "holds only 1,000 rows" in proc.stderr
     assert result["pairs"][0]["stab_z"] is not None and -1 <= result["pairs"][0]["ord_z"] <= 1
     pair = result["pairs"][0]
     assert {"a", "b", "stab", "ord", "prefix"} <= set(pair) and "32" in pair["prefix"]

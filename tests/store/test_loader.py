@@ -7,6 +7,8 @@ from osae.store import (
     LoaderConfig,
     Normalizer,
     ShuffledLoader,
+    StoreWriter,
+    hook_spec,
     iter_split_rows,
     split_intervals,
     to_float32,
@@ -242,3 +244,24 @@ def test_slice_mode_ranks_split_exactly_the_one_process_batches(store):
     assert len(parts[0]) == len(parts[1]) == len(ref)
     for b, r in enumerate(ref):
         np.testing.assert_array_equal(np.concatenate([parts[0][b], parts[1][b]]), r)
+
+
+def test_small_stores_hold_out_at_least_min_eval_rows_and_large_ones_their_fraction():
+    split = {"rule": "hash-chunks", "eval_fraction": 0.02, "seed": 0, "min_eval_rows": 100_000}
+    small = eval_chunk_mask(split, 40, chunk_rows=8192)  # 328k rows: 2% would be ~1 chunk
+    assert small.sum() == 13 and small.sum() * 8192 >= 100_000
+    assert (small | eval_chunk_mask({**split, "min_eval_rows": 0}, 40)).sum() == small.sum()  # a superset
+    assert eval_chunk_mask(split, 10, chunk_rows=8192).sum() == 5  # never more than half the chunks
+    large = eval_chunk_mask(split, 20000, chunk_rows=8192)
+    np.testing.assert_array_equal(large, eval_chunk_mask({**split, "min_eval_rows": 0}, 20000))
+
+
+def test_a_new_store_records_the_minimum_and_its_eval_split_reaches_it(tmp_path):
+    w = StoreWriter.create(
+        tmp_path / "s.zarr", hooks={HOOK: hook_spec(0, 4, "float16")}, has_tokens=False, chunk_rows=4096
+    )
+    w.write({HOOK: np.zeros((4096 * 60, 4), np.float16)})
+    w.close()
+    s = ActivationStore(tmp_path / "s.zarr")
+    assert s.meta["split"]["min_eval_rows"] == 100_000
+    assert split_intervals(s, "eval").n_rows >= 100_000 and split_intervals(s, "train").n_rows >= 4096 * 30

@@ -16,7 +16,7 @@ from osae.constants import ACTS_GROUP, GROUND_TRUTH_GROUP
 from osae.errors import StoreMismatchError
 from osae.store.core.commit import CommitLog, LockedWriter
 from osae.store.core.digest import chunk_digests
-from osae.store.core.format import codecs_for
+from osae.store.core.ground_truth import GroundTruthRows, create_ground_truth_array
 from osae.store.core.layout import (
     OpenedStore,
     create_store,
@@ -145,23 +145,21 @@ class StoreWriter(LockedWriter):
         except OSError as exc:
             raise self.log.os_error(exc) from None
 
+    def ground_truth_rows(self, arrays: dict[str, tuple[tuple[int, ...], str]]) -> GroundTruthRows:
+        """Create ground-truth row arrays (name -> (shape, dtype)), e.g. the toy's sparse codes, to be filled
+        block by block through the returned writer; close it before `write_ground_truth`."""
+        return GroundTruthRows(
+            {name: create_ground_truth_array(self.group, name, shape, dtype) for name, (shape, dtype) in arrays.items()}
+        )
+
     def write_ground_truth(self, arrays: dict[str, np.ndarray], info: dict | None = None) -> None:
-        """Store a synthetic store's ground truth (e.g. `dictionary` (K, d), `frequencies` (K,))."""
+        """Store a synthetic store's ground truth (e.g. `dictionary` (K, d), `prior` (K,)) and record it, with the
+        arrays written earlier through `ground_truth_rows`, in the metadata."""
         for name, value in arrays.items():
             value = np.ascontiguousarray(value)
-            chunks = tuple(min(max(1, s), 65536) for s in value.shape)
-            arr = self.group.create_array(
-                f"{GROUND_TRUTH_GROUP}/{name}",
-                shape=value.shape,
-                dtype=value.dtype,
-                chunks=chunks,
-                compressors=codecs_for("none", value.dtype.itemsize),
-                filters=None,
-                fill_value=0,
-                overwrite=True,
-            )
-            arr[...] = value
-        self.meta["ground_truth"] = {"arrays": sorted(arrays), **(info or {})}
+            create_ground_truth_array(self.group, name, value.shape, value.dtype)[...] = value
+        names = sorted(self.group[GROUND_TRUTH_GROUP].array_keys()) if GROUND_TRUTH_GROUP in self.group else []
+        self.meta["ground_truth"] = {"arrays": names, **(info or {})}
         self.commit_metadata()
 
     def _flush(self) -> None:

@@ -8,7 +8,7 @@ A store is one Zarr v3 group:
     sequences/row_start       (n_seq,) int64   first row of every sequence
     sequences/context         (n_seq, context_size) int32 the full token window, -1 = padding
     digests/<array path>      (n_chunks,) uint64 blake2b-64 of every committed chunk's raw bytes
-    ground_truth/...          synthetic stores only (dictionary, codes, frequencies)
+    ground_truth/...          synthetic stores only (dictionary, sparse code indices and values, prior)
 
 Row arrays share one chunking along rows; chunks are grouped into shards with Zarr's sharding codec
 and every inner chunk carries a crc32c checksum.

@@ -19,6 +19,7 @@ from osae.constants import (
     ACTS_GROUP,
     DEFAULT_EVAL_FRACTION,
     LOCK_FILE,
+    MIN_EVAL_ROWS,
     REMOTE_LEASE_FILE,
     SEQUENCES_GROUP,
     STORE_ATTR_KEY,
@@ -91,7 +92,12 @@ def create_store(
         auto_chunk, _ = chunk_layout(row_bytes, expected_rows)
         chunk = int(chunk_rows or auto_chunk)
         shard = chunk * 8
-        split = split or {"rule": "hash-chunks", "eval_fraction": DEFAULT_EVAL_FRACTION, "seed": 0}
+        split = split or {
+            "rule": "hash-chunks",
+            "eval_fraction": DEFAULT_EVAL_FRACTION,
+            "seed": 0,
+            "min_eval_rows": MIN_EVAL_ROWS,
+        }
         meta = new_metadata(
             hooks=hooks,
             chunk_rows=chunk,

@@ -32,6 +32,11 @@ def manifest(store: ActivationStore) -> dict[str, np.ndarray] | None:
                 full = store.array(f"{DIGESTS_GROUP}/{p}")[:n_full]
             except StoreError:
                 return None
+            except ValueError as exc:  # zarr's failed crc32c of a damaged digest chunk
+                raise StoreError(
+                    f"the chunk digests of '{p}' in {store.loc.display} are damaged ({str(exc).split('.')[0]}); "
+                    f"run `osae store verify` on it"
+                ) from None
         else:
             full = np.empty(0, np.uint64)
         if n_full < store.n_chunks:

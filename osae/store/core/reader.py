@@ -16,12 +16,14 @@ from zarr.core.buffer import default_buffer_prototype
 
 from osae.constants import (
     ACTS_GROUP,
+    GROUND_TRUTH_GROUP,
     READABLE_STORE_FORMATS,
     STORE_ATTR_KEY,
     STORE_FORMAT_VERSION,
 )
 from osae.errors import StoreError, StoreFormatError
 from osae.store.core.format import storage_dtype
+from osae.store.core.ground_truth import CODE_INDICES, DENSE_CODES, code_layout, densify, read_sparse_codes
 from osae.store.core.location import Location, parse_location, zarr_store
 
 log = logging.getLogger(__name__)
@@ -246,9 +248,43 @@ class ActivationStore:
             "mean_sq_norm": float(mean_sq.sum()),
         }
 
-    def ground_truth(self) -> dict[str, np.ndarray] | None:
-        """Ground-truth arrays of a synthetic store (dictionary, frequencies), or None."""
+    # -- ground truth (synthetic stores) ------------------------------------------------------
+    @property
+    def ground_truth_names(self) -> list[str]:
+        """Names of the arrays under ground_truth/ (empty for a store without ground truth)."""
+        return list((self.meta.get("ground_truth") or {}).get("arrays", []))
+
+    def ground_truth(self, names: list[str] | None = None) -> dict[str, np.ndarray] | None:
+        """Ground-truth arrays of a synthetic store (e.g. dictionary, prior), or None.
+
+        `names` picks arrays (those the store lacks are left out); all by default, which loads the true codes
+        whole. Read codes by row range with `ground_truth_codes` instead."""
         if "ground_truth" not in self.meta:
             return None
-        gt = self.group["ground_truth"]
-        return {name: gt[name][...] for name in self.meta["ground_truth"]["arrays"]}
+        gt = self.group[GROUND_TRUTH_GROUP]
+        wanted = self.ground_truth_names if names is None else [n for n in names if n in self.ground_truth_names]
+        return {name: gt[name][...] for name in wanted}
+
+    def ground_truth_codes(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """True codes of rows [start, stop) (clipped to the stored rows) as sparse rows: indices (r, m) int32,
+        increasing within a row, and values (r, m) float32. Also reads stores with dense codes."""
+        if "ground_truth" not in self.meta:
+            raise StoreFormatError(f"{self.loc.display} has no ground truth (only synthetic stores have one)")
+        # A dense store is sparsified to the active count its generator recorded.
+        m = (self.meta["ground_truth"].get("config") or {}).get("m")
+        stop = self.ground_truth_rows if stop is None else min(stop, self.ground_truth_rows)
+        gt = self.group[GROUND_TRUTH_GROUP]
+        return read_sparse_codes(gt, self.ground_truth_names, m, start, max(start, stop))
+
+    def ground_truth_dense_codes(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """True codes of rows [start, stop) as dense (r, K) float32 (K = the ground-truth dictionary's atoms)."""
+        indices, values = self.ground_truth_codes(start, stop)
+        return densify(indices, values, self.group[f"{GROUND_TRUTH_GROUP}/dictionary"].shape[0])
+
+    @property
+    def ground_truth_rows(self) -> int:
+        """Rows of true codes (0 without them): the store's rows, training then held-out."""
+        layout = code_layout(self.ground_truth_names)
+        if layout is None:
+            return 0
+        return int(self.group[f"{GROUND_TRUTH_GROUP}/{CODE_INDICES if layout == 'sparse' else DENSE_CODES}"].shape[0])

@@ -29,8 +29,12 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def eval_chunk_mask(split: dict, n_chunks: int) -> np.ndarray:
-    """Boolean mask over chunks: True for evaluation chunks."""
+def eval_chunk_mask(split: dict, n_chunks: int, chunk_rows: int | None = None) -> np.ndarray:
+    """Boolean mask over chunks: True for evaluation chunks.
+
+    hash-chunks: chunk c is held out when its hash u_c < eval_fraction; with `min_eval_rows` (new stores), the
+    chunks of smallest u_c are added until they hold that many rows, but never more than half the chunks. The
+    fraction rule alone does not depend on the store's size; the minimum does, while the store is small."""
     mask = np.zeros(n_chunks, dtype=bool)
     if n_chunks == 0:
         return mask
@@ -50,6 +54,11 @@ def eval_chunk_mask(split: dict, n_chunks: int) -> np.ndarray:
     mask = u < frac
     if not mask.any():
         mask[int(np.argmin(u))] = True  # every store with 2+ chunks has an evaluation split
+    min_rows = int(split.get("min_eval_rows", 0))
+    if min_rows and chunk_rows:
+        wanted = min(-(-min_rows // chunk_rows), n_chunks // 2)
+        if mask.sum() < wanted:
+            mask[np.argsort(u, kind="stable")[:wanted]] = True  # a superset: the fraction's chunks have the smallest u
     return mask
 
 
@@ -81,7 +90,7 @@ def split_intervals(store: ActivationStore, split: str) -> SplitIntervals:
     hi = np.minimum(lo + cr, n)
     if split == "all":
         return SplitIntervals(chunks, lo, hi)
-    is_eval = eval_chunk_mask(store.meta["split"], n_chunks)
+    is_eval = eval_chunk_mask(store.meta["split"], n_chunks, cr)
     if store.has_tokens and store.n_sequences:
         starts = store.array(f"{SEQUENCES_GROUP}/row_start")[: store.n_sequences]
         ends = np.append(starts[1:], n)

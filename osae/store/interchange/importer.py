@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from osae.constants import DEFAULT_EVAL_FRACTION
+from osae.constants import DEFAULT_EVAL_FRACTION, MIN_EVAL_ROWS
 from osae.errors import StoreError, UsageError
 from osae.store.core.buffered_writer import StoreWriter
 from osae.store.core.digest import file_sha256
@@ -205,7 +205,7 @@ def _open_writer(out, identity, hooks, has_tokens, context, append, compressor, 
         "generator": "osae store import",
         "imports": [record],
     }
-    split = {"rule": "hash-chunks", "eval_fraction": eval_fraction, "seed": 0}
+    split = {"rule": "hash-chunks", "eval_fraction": eval_fraction, "seed": 0, "min_eval_rows": MIN_EVAL_ROWS}
     writer = StoreWriter.create(
         out,
         hooks=hooks,
