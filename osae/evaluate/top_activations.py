@@ -76,7 +76,9 @@ def top_activations(
         vals = torch.cat([best_vals, z])
         row_ids = torch.arange(b.rows.start, b.rows.stop)[:, None].expand(-1, n_lat)
         rows_all = torch.cat([best_rows, row_ids])
-        best_vals, pick = vals.topk(top, dim=0)
+        # A stable sort, not topk: among equal activations the earlier row wins, whatever the batching.
+        best_vals, pick = torch.sort(vals, dim=0, descending=True, stable=True)
+        best_vals, pick = best_vals[:top], pick[:top]
         best_rows = rows_all.gather(0, pick)
         scanned += len(b)
         if progress is not None:
