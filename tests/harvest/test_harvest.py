@@ -11,6 +11,7 @@ import torch
 from osae.errors import StoreError
 from osae.harvest import HarvestConfig, harvest
 from osae.store import ActivationStore, store_info, verify_store
+from tests.launch import accelerate_launch
 
 from .tiny import save_tiny_model, text_dir
 
@@ -153,18 +154,7 @@ def test_two_processes_write_the_same_store_as_one(models, texts, tmp_path):
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *accelerate_launch(2),
             "-m",
             "osae",
             "harvest",

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from osae.train.config import SAESpec, TrainConfig
+from tests.launch import accelerate_launch
 from tests.train.test_trainer import toy  # noqa: F401  (the shared toy store fixture)
 
 pytestmark = pytest.mark.slow
@@ -55,25 +56,9 @@ def _train(tmp_path, toy_store, name, processes):
     )
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg.to_dict()))
     (tmp_path / "run.py").write_text(RUN)
-    launch = (
-        []
-        if processes == 1
-        else [
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-        ]
-    )
+    launch = [sys.executable] if processes == 1 else accelerate_launch(processes)
     done = subprocess.run(
-        [sys.executable, *launch, str(tmp_path / "run.py"), str(tmp_path / f"{name}.json")],
+        [*launch, str(tmp_path / "run.py"), str(tmp_path / f"{name}.json")],
         capture_output=True,
         text=True,
         timeout=600,

@@ -16,6 +16,7 @@ from osae.synthetic import ToyConfig, write_toy_store
 from osae.train.checkpoint import load_frozen
 from osae.train.config import SAESpec, TrainConfig
 from osae.train.fit import fit
+from tests.launch import accelerate_launch
 
 
 @pytest.fixture(scope="module")
@@ -174,38 +175,21 @@ def test_nonfinite_batches_are_skipped_or_stop_and_no_nan_is_written(tmp_path):
     x[1000:1256, 3] = np.nan
     w.write({"h": x})
     w.close()
-    spec = [SAESpec("topk", 0, {"d_sae": 16, "k": 2})]
-    out = fit(
-        TrainConfig(
-            store=str(path),
-            out=str(tmp_path / "skip"),
-            saes=spec,
-            tokens=256 * 14,
-            batch_size=256,
-            buffer_bytes=256 * 8 * 4 * 4,
-            normalization="none",
-            b_dec_init="zero",
-        ),
-        progress=False,
+    run = dict(
+        store=str(path),
+        saes=[SAESpec("topk", 0, {"d_sae": 16, "k": 2})],
+        tokens=256 * 14,
+        batch_size=256,
+        buffer_bytes=256 * 8 * 4 * 4,
+        normalization="none",
+        b_dec_init="zero",
     )
+    out = fit(TrainConfig(out=str(tmp_path / "skip"), **run), progress=False)
     assert out["skipped_batches"] >= 1
     for t in load_file(str(tmp_path / "skip" / "topk-K16-k2-s0" / "sae.safetensors")).values():
         assert torch.isfinite(t).all()
     with pytest.raises(ValueError, match="NaN or Inf"):
-        fit(
-            TrainConfig(
-                store=str(path),
-                out=str(tmp_path / "stop"),
-                saes=spec,
-                tokens=256 * 14,
-                batch_size=256,
-                buffer_bytes=256 * 8 * 4 * 4,
-                normalization="none",
-                b_dec_init="zero",
-                nonfinite="stop",
-            ),
-            progress=False,
-        )
+        fit(TrainConfig(out=str(tmp_path / "stop"), nonfinite="stop", **run), progress=False)
 
 
 def test_bad_settings_are_refused(toy, tmp_path):
@@ -254,18 +238,7 @@ def test_two_processes_train_the_same_weights_as_one(toy, tmp_path):
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *accelerate_launch(2),
             "-m",
             "osae",
             *args,

@@ -14,12 +14,11 @@ import numpy as np
 
 from osae.constants import ACTS_GROUP, GROUND_TRUTH_GROUP
 from osae.errors import StoreMismatchError
-from osae.store.core.commit import CommitLog, LockedWriter
+from osae.store.core.commit import LockedWriter
 from osae.store.core.digest import chunk_digests
 from osae.store.core.ground_truth import GroundTruthRows, create_ground_truth_array
 from osae.store.core.layout import (
     OpenedStore,
-    create_store,
     reopen_for_append,
     reopen_for_resume,
 )
@@ -34,9 +33,7 @@ class StoreWriter(LockedWriter):
     """Appends rows to a store. Use `StoreWriter.create`, `.append` or `.resume`, then `write` and `close`."""
 
     def __init__(self, opened: OpenedStore):
-        self.loc, self.group, self.meta, self.lock = opened.loc, opened.group, opened.meta, opened.lock
-        self.log = CommitLog(opened)
-        self.chunk_rows, self.shard_rows = self.log.chunk_rows, self.log.shard_rows
+        super().__init__(opened)
         self.hooks = self.meta["hooks"]
         self.paths, self.arrays = self.log.paths, self.log.arrays
         # The buffer holds rows [buf_start, buf_start + buf_n) of the current shard.
@@ -47,40 +44,8 @@ class StoreWriter(LockedWriter):
         if self.buf_n:
             for p in self.paths:
                 self.buf[p][: self.buf_n] = self.arrays[p][self.buf_start : committed]
-        self.closed = False
 
     # -- opening ------------------------------------------------------------------------------
-    @classmethod
-    def create(
-        cls,
-        url,
-        *,
-        hooks: dict[str, dict],
-        has_tokens: bool,
-        context_size: int | None = None,
-        provenance: dict | None = None,
-        compressor: str = "none",
-        chunk_rows: int | None = None,
-        expected_rows: int | None = None,
-        split: dict | None = None,
-        overwrite: bool = False,
-    ) -> StoreWriter:
-        """A new, empty store. Refuses an existing store unless `overwrite`."""
-        return cls(
-            create_store(
-                url,
-                hooks=hooks,
-                has_tokens=has_tokens,
-                context_size=context_size,
-                provenance=provenance,
-                compressor=compressor,
-                chunk_rows=chunk_rows,
-                expected_rows=expected_rows,
-                split=split,
-                overwrite=overwrite,
-            )
-        )
-
     @classmethod
     def append(cls, url, *, hooks: dict[str, dict], has_tokens: bool) -> StoreWriter:
         """Continue a store (complete or not) with more rows of the same hooks, dtypes and widths."""

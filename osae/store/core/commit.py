@@ -18,7 +18,7 @@ from osae import faults
 from osae.constants import DIGESTS_GROUP, SEQUENCES_GROUP, STORE_ATTR_KEY
 from osae.errors import StoreError
 from osae.store.core.format import now_iso
-from osae.store.core.layout import OpenedStore, create_plain, disk_full, row_paths
+from osae.store.core.layout import OpenedStore, create_plain, create_store, disk_full, row_paths
 from osae.store.core.stats import merge_stats
 
 DIGEST_CHUNK = 65536
@@ -160,12 +160,22 @@ class CommitLog:
 
 
 class LockedWriter:
-    """What both writers share: the writer lock held from open to close, a commit log, and the
-    context-manager contract (`with` closes the store on success, and on an error keeps only its commits).
-    Subclasses set `self.log`, `self.lock` and `self.closed = False`, and write pending rows in `_flush`."""
+    """What both writers share: opening a store (created or reopened, with its writer lock), the commit log,
+    and closing it; `with` closes the store on success and on an error keeps only its commits. Subclasses
+    extend `__init__` and write pending rows in `_flush`."""
 
-    log: CommitLog
-    closed: bool
+    def __init__(self, opened: OpenedStore):
+        self.loc, self.group, self.meta, self.lock = opened.loc, opened.group, opened.meta, opened.lock
+        self.log = CommitLog(opened)
+        self.chunk_rows, self.shard_rows = self.log.chunk_rows, self.log.shard_rows
+        self.closed = False
+
+    @classmethod
+    def create(cls, url, **layout):
+        """A new, empty store at `url`; `layout` is what `create_store` takes (hooks, has_tokens, context_size,
+        provenance, compressor, chunk_rows, expected_rows, split, overwrite). Refuses an existing store unless
+        `overwrite`."""
+        return cls(create_store(url, **layout))
 
     def _flush(self) -> None:
         """Commit whatever the writer still holds (nothing by default)."""

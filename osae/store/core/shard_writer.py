@@ -16,11 +16,9 @@ import zarr
 
 from osae.constants import ACTS_GROUP
 from osae.errors import StoreError, UsageError
-from osae.store.core.commit import CommitLog, LockedWriter
+from osae.store.core.commit import LockedWriter
 from osae.store.core.digest import chunk_digests
 from osae.store.core.layout import (
-    OpenedStore,
-    create_store,
     disk_full,
     reopen_for_resume,
 )
@@ -93,42 +91,10 @@ class ShardSink:
 class ShardWriter(LockedWriter):
     """Rank 0's side: holds the writer lock, sizes the store, and commits rounds of shards in order."""
 
-    def __init__(self, opened: OpenedStore):
-        self.loc, self.group, self.meta, self.lock = opened.loc, opened.group, opened.meta, opened.lock
-        self.log = CommitLog(opened)
-        self.chunk_rows, self.shard_rows = self.log.chunk_rows, self.log.shard_rows
-        self.closed = False
-
     @classmethod
-    def create(
-        cls,
-        url,
-        *,
-        hooks: dict[str, dict],
-        has_tokens: bool = True,
-        context_size: int | None = None,
-        provenance: dict | None = None,
-        compressor: str = "none",
-        chunk_rows: int | None = None,
-        expected_rows: int | None = None,
-        split: dict | None = None,
-        overwrite: bool = False,
-    ) -> ShardWriter:
-        """A new, empty store (see `StoreWriter.create` for the arguments)."""
-        return cls(
-            create_store(
-                url,
-                hooks=hooks,
-                has_tokens=has_tokens,
-                context_size=context_size,
-                provenance=provenance,
-                compressor=compressor,
-                chunk_rows=chunk_rows,
-                expected_rows=expected_rows,
-                split=split,
-                overwrite=overwrite,
-            )
-        )
+    def create(cls, url, *, has_tokens: bool = True, **layout) -> ShardWriter:
+        """A new, empty store (see `LockedWriter.create`); harvested stores hold token ids by default."""
+        return super().create(url, has_tokens=has_tokens, **layout)
 
     @classmethod
     def resume(cls, url) -> ShardWriter:
