@@ -23,37 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from big_store import build_store as write_synthetic_store  # benchmarks/ is on the path when run as a script
 
-from osae.store import ActivationStore, LoaderConfig, ShuffledLoader, StoreWriter, hook_spec, split_intervals
+from osae.store import ActivationStore, LoaderConfig, ShuffledLoader, split_intervals
 
 HOOK = "blocks.3.hook_resid_post"
 CTX = 128
 
 
 def build_store(path: Path, rows: int, d: int) -> float:
-    rng = np.random.default_rng(0)
-    w = StoreWriter.create(
-        path, hooks={HOOK: hook_spec(3, d, "float16", "resid_post")}, has_tokens=True, context_size=CTX, overwrite=True
-    )
-    per = CTX - 1
-    n_seq = rows // per
-    rows = n_seq * per
-    block = w.shard_rows
-    pool = rng.standard_normal((block + 4096, d)).astype(np.float16)
-    t0 = time.perf_counter()
-    w.add_sequences(np.arange(n_seq, dtype=np.int64) * per, None)
-    for lo in range(0, rows, block):
-        hi = min(lo + block, rows)
-        shift = int(rng.integers(0, 4096))
-        idx = np.arange(lo, hi)
-        w.write(
-            {HOOK: pool[shift : shift + hi - lo]},
-            tokens=(idx % 50000).astype(np.int32),
-            seq_id=(idx // per).astype(np.int64),
-            position=(idx % per + 1).astype(np.int32),
-        )
-    w.close()
-    return rows * d * 2 / (time.perf_counter() - t0) / 1e9
+    """Write the synthetic store; its write rate in GB/s."""
+    return write_synthetic_store(path, rows, d)["write_gb_s"]
 
 
 def sequential_read(store: ActivationStore) -> float:

@@ -29,3 +29,11 @@ DEFAULT_EVAL_FRACTION = 0.02
 # FVU, CE and Stab/Ord on a few thousand tokens are too noisy to compare SAEs by.
 MIN_EVAL_ROWS = 100_000
 DEFAULT_LOADER_BUFFER_BYTES = 1 * 2**30
+# Read before the first batch (4 chunks of the default size); the loader's buffer grows from there.
+DEFAULT_LOADER_FIRST_FILL_BYTES = 64 * 2**20
+# Chunk reads in flight at once: two on a cold local disk read 7% faster than one (benchmarks/big_store.py);
+# on loopback S3 and HTTP two also beat one and eight (0.68-0.79x of one whole-object stream against
+# 0.56-0.64x with eight: there the CPU, not the round trip, is the limit). A link with real latency may want
+# more: LoaderConfig.read_workers (benchmarks/remote_store.py).
+LOCAL_READ_WORKERS = 2
+REMOTE_READ_WORKERS = 2

@@ -10,6 +10,8 @@ import typer
 from osae.cli_common import user_errors
 from osae.errors import UsageError
 
+FORMAT_HELP = "Checkpoint format: osae, saelens, sparsify or dictionary_learning (default: detected from the files)."
+
 
 def _device(name: str) -> str:
     """auto: cuda when available, else cpu (as fit and harvest choose)."""
@@ -22,7 +24,9 @@ def _device(name: str) -> str:
 
 @user_errors
 def evaluate_cmd(
-    checkpoints: list[str] = typer.Argument(..., help="Checkpoint directories or run directories."),
+    checkpoints: list[str] = typer.Argument(
+        ..., help="Checkpoint or run directories: osae, SAELens, sparsify or dictionary_learning."
+    ),
     store: str = typer.Option(
         ..., "--store", help="The store the SAEs were trained on (its evaluation split is used)."
     ),
@@ -37,12 +41,17 @@ def evaluate_cmd(
     ),
     device: str = typer.Option("auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
+    pairs: str = typer.Option(
+        "seeds", help="seeds: compare seeds of one configuration; all: every pair of the same width and hook."
+    ),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
-    """Reconstruction, CE recovered and KL, power laws, and Stab/Ord between seeds of each configuration.
+    """Reconstruction, CE recovered and KL, power laws, and Stab/Ord between seeds of each configuration
+    (or, with --pairs all, between any two SAEs of one hook, from any library).
 
     Examples:
       osae evaluate runs/osae --store acts.zarr --out reports/osae
-      osae evaluate runs/osae/osae-K4096-k32-s0 runs/osae/osae-K4096-k32-s1 --store acts.zarr --json
+      osae evaluate runs/osae/osae-K4096-k32-s0 saelens/blocks.8.hook_resid_post --store acts.zarr --pairs all
     """
     from osae.evaluate.run import _json_default, evaluate, public, write_outputs
 
@@ -56,6 +65,8 @@ def evaluate_cmd(
         lm_tokens=lm_tokens,
         progressive_ce=progressive_ce,
         device=_device(device),
+        pairs=pairs,
+        format=format,
     )
     if out:
         write_outputs(result, Path(out))
@@ -73,11 +84,12 @@ def evaluate_cmd(
 
 @user_errors
 def permute_cmd(
-    checkpoint: str = typer.Argument(..., help="Frozen checkpoint directory."),
+    checkpoint: str = typer.Argument(..., help="Checkpoint directory (osae, SAELens, sparsify, dictionary_learning)."),
     by: str = typer.Option("ea2", "--by", help="ea2 (E[z^2]) or freq (firing frequency)."),
     store: str = typer.Option(..., "--store", help="Store for the calibration tokens (its training split)."),
     out: str = typer.Option(..., "--out", help="New checkpoint directory."),
     tokens: int = typer.Option(1_000_000, help="Calibration tokens."),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """Reorder a trained SAE's latents by importance, as a new frozen checkpoint (reconstructions unchanged).
 
@@ -86,13 +98,13 @@ def permute_cmd(
     """
     from osae.evaluate.permute import permute_checkpoint
 
-    result = permute_checkpoint(checkpoint, store, out, by=by, max_tokens=tokens)
+    result = permute_checkpoint(checkpoint, store, out, by=by, max_tokens=tokens, format=format)
     typer.echo(f"wrote {result['out']}: latents ordered by {result['by']} ({result['moved']} moved)")
 
 
 @user_errors
 def inspect_cmd(
-    checkpoint: str = typer.Argument(..., help="Frozen checkpoint directory."),
+    checkpoint: str = typer.Argument(..., help="Checkpoint directory (osae, SAELens, sparsify, dictionary_learning)."),
     store: str = typer.Option(..., "--store", help="A store with token ids (harvested by osae)."),
     out: Path = typer.Option(..., "--out", help="HTML page to write."),
     latents: str = typer.Option("0:128", help="Latents to show, in index order: A:B (B exclusive) or one index."),
@@ -102,6 +114,7 @@ def inspect_cmd(
     after: int = typer.Option(4, help="Context tokens shown after it."),
     split: str = typer.Option("eval", help="eval (held-out) or train."),
     tokenizer: str = typer.Option(None, help="Tokenizer to decode ids with (default: the store's model)."),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """An HTML page of latents in index order: firing rate and top-activating contexts, highlighted.
 
@@ -126,6 +139,7 @@ def inspect_cmd(
         after=after,
         split=split,
         tokenizer=tokenizer,
+        format=format,
     )
     typer.echo(
         f"wrote {result['out']}: {result['latents']} latents ({result['dead']} never fired) "

@@ -133,19 +133,20 @@ def inspect_checkpoint(
     split: str = "eval",
     tokenizer: str | None = None,
     progress: bool = True,
+    format: str | None = None,
 ) -> dict:
-    """Write the latent page of one frozen checkpoint; returns what was shown."""
+    """Write the latent page of one checkpoint (any format osae.foreign reads); returns what was shown."""
     from tqdm.auto import tqdm
 
     from osae.evaluate.batches import checkpoint_normalizer
     from osae.evaluate.run import require_matching_store
     from osae.evaluate.top_activations import top_activations
+    from osae.foreign import load_any
     from osae.harvest.models import load_tokenizer
     from osae.store import ActivationStore
-    from osae.train.checkpoint import load_frozen
 
-    sae, cfg = load_frozen(checkpoint)
     store = ActivationStore(store_url)
+    sae, cfg = load_any(checkpoint, format=format, store=store)
     require_matching_store(checkpoint, sae, cfg, store)
     hook = cfg["hook"]
     chosen = parse_latent_range(latents, sae.cfg.d_sae)

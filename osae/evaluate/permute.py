@@ -14,8 +14,12 @@ import torch
 
 from osae.errors import UsageError
 from osae.evaluate.batches import checkpoint_normalizer, iter_codes
+from osae.foreign import load_any
 from osae.store import ActivationStore, Normalizer
-from osae.train.checkpoint import load_frozen, save_frozen
+from osae.train.checkpoint import save_frozen
+
+# Keys save_frozen writes itself (the others of the loaded config are carried over).
+WRITTEN_BY_SAVE = ("format_version", "osae_version", "architecture", "d_in", "d_sae", "arch_config", "weights_sha256")
 
 
 @torch.no_grad()
@@ -35,11 +39,14 @@ def importance(
     return ((ea2 if by == "ea2" else fired) / n).numpy()
 
 
-def permute_checkpoint(checkpoint, store_url: str, out, *, by: str = "ea2", max_tokens: int = 1_000_000) -> dict:
+def permute_checkpoint(
+    checkpoint, store_url: str, out, *, by: str = "ea2", max_tokens: int = 1_000_000, format: str | None = None
+) -> dict:
+    """Write the permuted SAE as an osae checkpoint; `checkpoint` may be of any format osae.foreign reads."""
     if by not in ("ea2", "freq"):
         raise UsageError(f"--by must be ea2 or freq; got {by!r}")
-    sae, cfg = load_frozen(checkpoint)
     store = ActivationStore(store_url)
+    sae, cfg = load_any(checkpoint, format=format, store=store)
     hook = cfg["hook"]
     if hook not in store.hooks or store.d_model(hook) != sae.cfg.d_in:
         raise UsageError(
@@ -48,11 +55,9 @@ def permute_checkpoint(checkpoint, store_url: str, out, *, by: str = "ea2", max_
     score = importance(sae, checkpoint_normalizer(cfg), store, hook, by, max_tokens)
     perm = np.lexsort((np.arange(len(score)), -score))  # decreasing score, ties by original index
     sae.permute_(torch.from_numpy(perm))
-    meta = {
-        k: v
-        for k, v in cfg.items()
-        if k not in ("format_version", "osae_version", "architecture", "d_in", "d_sae", "arch_config", "weights_sha256")
-    }
+    meta = {k: v for k, v in cfg.items() if k not in WRITTEN_BY_SAVE + ("format", "source", "notes")}
+    if cfg.get("format", "osae") != "osae":
+        meta["source_format"] = cfg["format"]  # the SAE was read from another library's checkpoint
     meta["permuted"] = {
         "by": by,
         "from": str(checkpoint),

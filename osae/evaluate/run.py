@@ -1,17 +1,18 @@
 """`evaluate`: every metric of frozen checkpoints on a store's held-out split, and consistency between them.
 
-Per SAE: reconstruction (osae.evaluate.reconstruction), model-level CE/KL (osae.evaluate.lm_metrics) when
-the store's model loads, power laws, and Stab/Ord against the ground truth of synthetic stores. Across SAEs:
-Stab, Ord, their prefix curves and Stab_Z/Ord_Z for every pair of the same architecture and size (seeds of
-one configuration), and the stitching fractions between two sizes of one architecture. A metric that
-cannot be computed is null with the reason in `notes`.
+Checkpoints of any library osae reads (osae.foreign: osae, SAELens, sparsify, dictionary_learning). Per SAE:
+reconstruction (osae.evaluate.reconstruction), model-level CE/KL (osae.evaluate.lm_metrics) when the store's
+model loads, power laws, and Stab/Ord against the ground truth of synthetic stores. Across SAEs: Stab, Ord,
+their prefix curves and Stab_Z/Ord_Z for every pair of seeds of one configuration (`pairs="seeds"`: the saved
+configurations are equal but for the seed) or every pair of the same width and hook (`pairs="all"`), and the
+stitching fractions between two sizes of one architecture. A metric that cannot be computed is null with the
+reason in `notes`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from itertools import combinations
 from pathlib import Path
 
@@ -30,23 +31,44 @@ from osae.evaluate.reconstruction import (
     rsa,
 )
 from osae.evaluate.stitching import stitching
-from osae.store import ActivationStore, iter_rows, split_intervals
-from osae.train.checkpoint import CONFIG, load_frozen
+from osae.foreign import detect_format, is_checkpoint, load_any
+from osae.foreign.detect import layout_summary
+from osae.store import ActivationStore, iter_rows, split_intervals, store_fingerprint
 
 log = logging.getLogger(__name__)
 
 
-def find_checkpoints(paths: list[str]) -> list[Path]:
-    """Checkpoint directories among `paths` (a run directory contributes all of its SAEs)."""
+def find_checkpoints(paths: list[str], format: str | None = None) -> list[Path]:
+    """Checkpoint directories among `paths` (a run directory contributes all of its SAEs), of any format
+    (`format`: of that one only)."""
     found = []
     for p in map(Path, paths):
-        if (p / CONFIG).exists():
+        if is_checkpoint(p, format):
             found.append(p)
-        elif p.is_dir() and any((c / CONFIG).exists() for c in p.iterdir()):
-            found.extend(sorted(c for c in p.iterdir() if (c / CONFIG).exists()))
+        elif p.is_dir() and any(is_checkpoint(c, format) for c in p.iterdir()):
+            found.extend(sorted(c for c in p.iterdir() if is_checkpoint(c, format)))
+        elif p.is_dir():
+            if format is not None:
+                detect_format(p, format)  # names the files that --format needs and the directory lacks
+            raise CheckpointError(
+                f"{p} is neither a checkpoint nor a run directory holding checkpoints ({layout_summary(p)})"
+            )
         else:
-            raise CheckpointError(f"{p} is neither a checkpoint (no {CONFIG}) nor a run directory holding checkpoints")
+            raise CheckpointError(f"{p} is neither a checkpoint directory nor a run directory holding checkpoints")
     return found
+
+
+def display_names(paths: list[Path]) -> dict[Path, str]:
+    """A short unique name per checkpoint: its directory name, with parents added while two names collide
+    (sparsify's `seed0` directories, SAELens' `final_<n>` ones, the same name in two runs)."""
+    depth = {p: 1 for p in paths}
+    while True:
+        names = {p: "/".join(p.resolve().parts[-depth[p] :]) for p in paths}
+        clash = [p for p in paths if list(names.values()).count(names[p]) > 1 and depth[p] < len(p.resolve().parts)]
+        if not clash:
+            return names
+        for p in clash:
+            depth[p] += 1
 
 
 def require_matching_store(path, sae, cfg: dict, store: ActivationStore) -> None:
@@ -64,10 +86,56 @@ def require_matching_store(path, sae, cfg: dict, store: ActivationStore) -> None
         )
 
 
-def _seed_family(name: str) -> str:
-    """The configuration a checkpoint name belongs to: its name without the seed suffix. Checkpoints of one
-    seed family are compared pairwise (Stab, Ord, Stab_Z)."""
-    return re.sub(r"-s\d+$", "", name)
+# Keys of a saved configuration that say where, when or under which name a checkpoint was written, not what
+# was trained: seed families ignore them (and the seed, which is what distinguishes the family's members).
+BOOKKEEPING = {
+    "format_version", "osae_version", "run", "step", "tokens_seen", "final", "weights_sha256", "store", "source",
+    "notes", "lr_scheduler", "wandb_name", "wandb_project", "wandb_entity", "wandb_id", "run_name", "save_dir",
+    "checkpoint_path", "output_path", "device", "sae_lens_version", "sae_lens_training_version", "neuronpedia_id",
+    "log_to_wandb", "from", "permutation",
+}  # fmt: skip
+SEED_KEYS = {"seed", "init_seeds"}
+
+
+def seed_family(cfg: dict) -> str:
+    """The configuration a checkpoint belongs to, from its saved config (any library's): everything but the
+    seed and the bookkeeping keys, at any depth, as canonical JSON. Members of one family are seed pairs."""
+
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in sorted(v.items()) if k not in BOOKKEEPING and k not in SEED_KEYS}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return json.dumps(strip(cfg), sort_keys=True, default=str)
+
+
+def pair_names(loaded: dict, mode: str) -> list[tuple[str, str]]:
+    """The pairs to compare: seeds of one family, or (`all`) every pair of the same width d_in and hook."""
+    names = sorted(loaded)
+    if mode == "all":
+        return [
+            (a, b)
+            for a, b in combinations(names, 2)
+            if loaded[a][1]["hook"] == loaded[b][1]["hook"] and loaded[a][0].cfg.d_in == loaded[b][0].cfg.d_in
+        ]
+    families = {n: seed_family(loaded[n][1]) for n in names}
+    return [(a, b) for a, b in combinations(names, 2) if families[a] == families[b]]
+
+
+def _note_trained_elsewhere(name: str, cfg: dict, store: ActivationStore, notes: dict) -> None:
+    """Say when a checkpoint was not trained on `store` (another store, or another library's data)."""
+    theirs = cfg.get("store_fingerprint")
+    if cfg.get("format", "osae") != "osae":
+        notes[f"{name}.store"] = (
+            f"{name} was trained by {cfg['format']} on data osae cannot identify; evaluated on {store.loc.display}"
+        )
+    elif theirs and theirs != store_fingerprint(store):
+        notes[f"{name}.store"] = (
+            f"{name} was trained on {cfg.get('store', 'another store')}, not on {store.loc.display}; "
+            f"evaluated on {store.loc.display} (same hook and width)"
+        )
 
 
 def _note_small_eval_split(store: ActivationStore, max_tokens: int, notes: dict) -> None:
@@ -97,15 +165,24 @@ def evaluate(
     progressive_ce: bool = True,
     device: str = "cpu",
     progress: bool = True,
+    pairs: str = "seeds",
+    format: str | None = None,
 ) -> dict:
+    if pairs not in ("seeds", "all"):
+        raise UsageError(f"--pairs must be seeds or all; got {pairs!r}")
     store = ActivationStore(store_url)
-    ckpts = find_checkpoints(paths)
+    ckpts = find_checkpoints(paths, format)
+    names = display_names(ckpts)
     notes: dict[str, str] = {}
     loaded = {}
     for c in ckpts:
-        sae, cfg = load_frozen(c, device=device)
+        sae, cfg = load_any(c, format=format, device=device, store=store)
         require_matching_store(c, sae, cfg, store)
-        loaded[c.name] = (sae, cfg, checkpoint_normalizer(cfg))
+        name = names[c]
+        _note_trained_elsewhere(name, cfg, store, notes)
+        for i, text in enumerate(cfg.get("notes") or []):
+            notes[f"{name}.load{i}"] = text
+        loaded[name] = (sae, cfg, checkpoint_normalizer(cfg))
     _note_small_eval_split(store, max_tokens, notes)
     lm = _load_lm(store, model, use_model, require_model, notes, device)
     gt = store.ground_truth(["dictionary"])  # not the true codes: they can be far larger than the activations
@@ -126,7 +203,13 @@ def evaluate(
             power_law_decoder_spectrum=power_law(torch.linalg.svdvals(sae.W_dec.detach().double()).pow(2).numpy()),
         )
         entry.update(rsa(sae, norm, store, cfg["hook"]))
-        entry.update(architecture=cfg["architecture"], d_sae=sae.cfg.d_sae, hook=cfg["hook"], step=cfg.get("step"))
+        entry.update(
+            architecture=cfg["architecture"],
+            format=cfg.get("format", "osae"),
+            d_sae=sae.cfg.d_sae,
+            hook=cfg["hook"],
+            step=cfg.get("step"),
+        )
         lm_keys = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_ablated", "ce_loss_recovered", "kl")
         if lm is not None:
             from osae.evaluate.lm_metrics import lm_metrics
@@ -143,16 +226,17 @@ def evaluate(
             m = match(sae.W_dec, gt["dictionary"])
             entry.update(stab_gt=m.stab, ord_gt=m.ord)
         saes[name] = entry
-    pairs = []
+    compared = []
     names = sorted(loaded)
-    same_family = [(a, b) for a, b in combinations(names, 2) if _seed_family(a) == _seed_family(b)]
-    for a, b in tqdm(same_family, desc="compare seed pairs", unit="pair", disable=None if progress else True):
+    chosen = pair_names(loaded, pairs)
+    for a, b in tqdm(chosen, desc=f"compare {pairs} pairs", unit="pair", disable=None if progress else True):
         Da, Db = loaded[a][0].W_dec, loaded[b][0].W_dec
         m = match(Da, Db)
-        figures["matchings"].setdefault(_seed_family(a), (m.rows, m.cols, m.cosines))
+        figures["matchings"].setdefault(a if pairs == "all" else seed_family(loaded[a][1]), (m.rows, m.cols, m.cosines))
         entry = {
             "a": a,
             "b": b,
+            "same_family": seed_family(loaded[a][1]) == seed_family(loaded[b][1]),
             "stab": m.stab,
             "ord": m.ord,
             "matching": m.method,
@@ -165,7 +249,7 @@ def evaluate(
             entry.update(stab_z=mz.stab, ord_z=mz.ord)
         else:
             notes["stab_z"] = f"Stab_Z/Ord_Z skipped above {z_max_latents} latents (K x K correlation matrix)"
-        pairs.append(entry)
+        compared.append(entry)
     stitched = []
     for a, b in combinations(names, 2):
         (sa, ca, _), (sb, cb, _) = loaded[a], loaded[b]
@@ -180,7 +264,7 @@ def evaluate(
     return {
         "store": store.loc.display,
         "saes": saes,
-        "pairs": pairs,
+        "pairs": compared,
         "stitching": stitched,
         "notes": notes,
         "_figures": figures,

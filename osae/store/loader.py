@@ -19,12 +19,20 @@ import logging
 import mmap
 import queue
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from osae.constants import ACTS_GROUP, DEFAULT_LOADER_BUFFER_BYTES
+from osae.constants import (
+    ACTS_GROUP,
+    DEFAULT_LOADER_BUFFER_BYTES,
+    DEFAULT_LOADER_FIRST_FILL_BYTES,
+    LOCAL_READ_WORKERS,
+    REMOTE_READ_WORKERS,
+)
 from osae.errors import UsageError
 from osae.store.core.direct import DirectChunkReader, direct_layout
 from osae.store.core.format import storage_dtype
@@ -41,6 +49,9 @@ class LoaderConfig:
     """Rows (tokens) per batch."""
     buffer_bytes: int = DEFAULT_LOADER_BUFFER_BYTES
     """Shuffle buffer, in bytes of stored activations; a larger buffer mixes more sequences per batch."""
+    first_fill_bytes: int = DEFAULT_LOADER_FIRST_FILL_BYTES
+    """Bytes read before the first batch (at least one batch); the buffer then grows by one batch per batch
+    up to buffer_bytes, so the first batch does not wait for a full buffer."""
     seed: int = 0
     """Drives the chunk order and the slot choices (with the epoch)."""
     split: str = "train"
@@ -49,12 +60,16 @@ class LoaderConfig:
     """Drop the last partial batch of an epoch (always on when world_size > 1)."""
     prefetch_chunks: int = 2
     """Chunks read ahead of the buffer."""
+    read_workers: int = 0
+    """Chunks read at the same time; 0: 2 (measured best on a cold local disk and on loopback S3/HTTP);
+    raise it for a remote store behind a link with real latency, where each read waits a round trip."""
     prefetch_batches: int = 2
     """Batches assembled ahead of the consumer."""
     dtype: str = "float32"
     """Dtype of the yielded batches (float32, or the stored dtype with 'store')."""
     direct_reads: bool = True
-    """Read local uncompressed chunks straight into the buffer instead of through zarr."""
+    """Read uncompressed chunks straight into the buffer (one range request per chunk on a remote store)
+    instead of through zarr."""
     verify_checksums: bool = True
     """Check every chunk's crc32c on the direct path (zarr always checks)."""
     rank_mode: str = "chunks"
@@ -67,6 +82,10 @@ class LoaderConfig:
             raise UsageError(f"batch_size must be positive; got {self.batch_size}")
         if self.buffer_bytes <= 0:
             raise UsageError(f"buffer_bytes must be positive; got {self.buffer_bytes}")
+        if self.read_workers < 0:
+            raise UsageError(f"read_workers must be 0 (automatic) or positive; got {self.read_workers}")
+        if self.first_fill_bytes <= 0:
+            raise UsageError(f"first_fill_bytes must be positive; got {self.first_fill_bytes}")
         if self.rank_mode not in ("chunks", "slice"):
             raise UsageError(f"rank_mode must be chunks or slice; got {self.rank_mode!r}")
 
@@ -115,35 +134,47 @@ def epoch_stream(
 
 class SlotPlan:
     """The slot bookkeeping of the rolling buffer: which slots each batch takes and which stream rows refill
-    them. Integers only, so it can be replayed cheaply to resume."""
+    them. Integers only, so it can be replayed cheaply to resume.
 
-    def __init__(self, total_rows: int, n_slots: int, batch_size: int, seed: int, epoch: int, rank: int):
+    The buffer starts with `first_rows` rows, not full, so the first batch comes after a few chunks of
+    reading whatever the buffer size; each batch then brings in `B` rows for the slots it empties plus up to
+    `B` more into fresh slots, until all R slots hold rows. Fresh slots are taken in order, so the buffer's
+    pages are first touched sequentially (cheap), never at random."""
+
+    def __init__(
+        self, total_rows: int, n_slots: int, batch_size: int, seed: int, epoch: int, rank: int, first_rows: int
+    ):
         self.total = total_rows
         self.R = min(n_slots, total_rows)
         self.B = batch_size
         self.rng = _rng(seed, epoch, rank, 3)
-        self.slot_pos = np.arange(self.R, dtype=np.int64)  # stream position held by each slot (-1: empty)
-        self.stream_pos = self.R  # next stream position to enter the buffer
+        self.filled = min(self.R, max(first_rows, batch_size))  # slots 0 .. filled-1 have been used
+        self.slot_pos = np.full(self.R, -1, dtype=np.int64)  # stream position held by each slot (-1: empty)
+        self.slot_pos[: self.filled] = np.arange(self.filled)
+        self.stream_pos = self.filled  # next stream position to enter the buffer
         self.drain: np.ndarray | None = None  # slots left to emit once the stream is exhausted
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """(slots to emit, the stream positions they held, refill count): the next `count` stream rows
-        go to slots[:count]."""
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(slots to emit, the stream positions they held, refill slots): the next len(refill) stream rows
+        go to the refill slots, in order."""
         if self.drain is None and self.stream_pos < self.total:
-            slots = self.rng.choice(self.R, self.B, replace=False) if self.B < self.R else self.rng.permutation(self.R)
+            n = self.filled
+            slots = self.rng.choice(n, self.B, replace=False) if self.B < n else self.rng.permutation(n)
             emitted = self.slot_pos[slots]
-            count = min(len(slots), self.total - self.stream_pos)
-            self.slot_pos[slots[count:]] = -1
-            self.slot_pos[slots[:count]] = np.arange(self.stream_pos, self.stream_pos + count)
-            self.stream_pos += count
-            return slots, emitted, count
+            fresh = np.arange(self.filled, self.filled + min(self.B, self.R - self.filled))
+            refill = np.concatenate([slots, fresh])[: self.total - self.stream_pos]
+            self.slot_pos[slots] = -1
+            self.slot_pos[refill] = np.arange(self.stream_pos, self.stream_pos + len(refill))
+            self.stream_pos += len(refill)
+            self.filled += max(0, len(refill) - len(slots))
+            return slots, emitted, refill
         if self.drain is None:
             live = np.nonzero(self.slot_pos >= 0)[0]
             self.drain = live[self.rng.permutation(len(live))]
         slots, self.drain = self.drain[: self.B], self.drain[self.B :]
         emitted = self.slot_pos[slots]
         self.slot_pos[slots] = -1
-        return slots, emitted, 0
+        return slots, emitted, slots[:0]
 
 
 class ShuffledLoader:
@@ -184,17 +215,20 @@ class ShuffledLoader:
         self.store_dtype = store.dtype(self.hook)
         row_bytes = self.d * storage_dtype(self.store_dtype).itemsize
         self.n_slots = max(self.stream_batch, self.cfg.buffer_bytes // row_bytes)
+        self.first_rows = max(1, self.cfg.first_fill_bytes // row_bytes)
         self.max_slots = min(self.n_slots, self.intervals.n_rows)
         self.epoch, self.batch = 0, 0
         self._buffers: dict[str, np.ndarray] = {}
         self._active: _EpochRun | None = None
 
-    def _arena(self, name: str, shape: tuple, dtype) -> np.ndarray:
+    def _arena(self, name: str, shape: tuple, dtype, populate: bool = True) -> np.ndarray:
         """Buffers live as long as the loader: first-touch page faults of a fresh GiB buffer cost more than
-        a whole epoch of small stores on this machine, and must not be paid every epoch."""
+        a whole epoch of small stores on this machine, and must not be paid every epoch. `populate=False`
+        leaves the pages to be touched on first write (the shuffle buffer, filled in slot order, so that
+        its size does not delay the first batch)."""
         buf = self._buffers.get(name)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != np.dtype(dtype):
-            buf = _populated_array(shape, np.dtype(dtype))
+            buf = _populated_array(shape, np.dtype(dtype)) if populate else np.empty(shape, np.dtype(dtype))
             self._buffers[name] = buf
         return buf
 
@@ -221,6 +255,7 @@ class ShuffledLoader:
             "seed": self.cfg.seed,
             "batch_size": self.cfg.batch_size,
             "buffer_bytes": self.cfg.buffer_bytes,
+            "first_fill_bytes": self.cfg.first_fill_bytes,
             "rank": self.rank,
             "world_size": self.world_size,
             "split": self.cfg.split,
@@ -228,9 +263,10 @@ class ShuffledLoader:
         }
 
     def load_state(self, state: dict) -> None:
-        for key in ("seed", "batch_size", "buffer_bytes", "world_size", "split", "n_tokens"):
+        defaults = {"first_fill_bytes": DEFAULT_LOADER_FIRST_FILL_BYTES}  # states saved before it existed
+        for key in ("seed", "batch_size", "buffer_bytes", "first_fill_bytes", "world_size", "split", "n_tokens"):
             mine = self.state()[key]
-            if state.get(key) != mine:
+            if state.get(key, defaults.get(key)) != mine:
                 raise UsageError(f"loader state was saved with {key}={state.get(key)}, this loader has {mine}")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
@@ -272,44 +308,66 @@ class ShuffledLoader:
 
 
 class _ChunkReader(threading.Thread):
-    """Reads the stream's chunks in order into a ring of staging bins (decoded in place, no extra copy)."""
+    """Reads the stream's chunks into a ring of staging bins (decoded in place, no extra copy) and hands
+    them over in stream order. With several workers (remote stores) that many chunk reads are in flight."""
 
-    def __init__(self, run: _EpochRun, first_chunk: int, n_bins: int):
+    def __init__(self, run: _EpochRun, first_chunk: int):
         super().__init__(daemon=True, name="osae-reader")
         self.run_ = run
         self.first_chunk = first_chunk
-        cr = run.ld.store.chunk_rows
-        self.bins = run.ld._arena("bins", (n_bins, cr, run.ld.d), storage_dtype(run.ld.store_dtype))
+        ld = run.ld
+        self.workers = ld.cfg.read_workers or (LOCAL_READ_WORKERS if ld.store.loc.is_local else REMOTE_READ_WORKERS)
+        n_bins = ld.cfg.prefetch_chunks + self.workers  # bins in flight never starve the consumer's
+        self.bins = ld._arena("bins", (n_bins, ld.store.chunk_rows, ld.d), storage_dtype(ld.store_dtype))
         self.free: queue.Queue = queue.Queue()
         for b in range(n_bins):
             self.free.put(b)
         self.ready: queue.Queue = queue.Queue()
+
+    def _free_bin(self) -> int | None:
+        while not self.run_.stop.is_set():
+            try:
+                return self.free.get(timeout=0.5)
+            except queue.Empty:
+                pass
+        return None
 
     def run(self) -> None:
         run, st = self.run_, self.run_.stream
         store = run.ld.store
         path = f"{ACTS_GROUP}/{run.ld.hook}"
         direct = run.ld._direct_reader()
+
+        def read(i: int, b: int) -> tuple[int, int, int]:
+            c = int(st.chunks[i])
+            c_lo, c_hi = store.chunk_bounds(c)
+            if direct is not None:
+                direct.read_chunk_into(c, self.bins[b])
+            else:
+                store.read_rows(path, c_lo, c_hi, out=self.bins[b, : c_hi - c_lo])
+            skip = int(st.lo[i]) - c_lo
+            return b, skip, skip + int(st.sizes[i])
+
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="osae-read") if self.workers > 1 else None
+        in_flight: deque = deque()
         try:
             for i in range(self.first_chunk, len(st.chunks)):
-                b = None
-                while b is None:
-                    if run.stop.is_set():
-                        return
-                    try:
-                        b = self.free.get(timeout=0.5)
-                    except queue.Empty:
-                        pass
-                c = int(st.chunks[i])
-                c_lo, c_hi = store.chunk_bounds(c)
-                if direct is not None:
-                    direct.read_chunk_into(c, self.bins[b])
-                else:
-                    store.read_rows(path, c_lo, c_hi, out=self.bins[b, : c_hi - c_lo])
-                skip = int(st.lo[i]) - c_lo
-                self.ready.put((b, skip, skip + int(st.sizes[i])))
+                b = self._free_bin()
+                if b is None:
+                    return
+                if pool is None:
+                    self.ready.put(read(i, b))
+                    continue
+                in_flight.append(pool.submit(read, i, b))
+                while in_flight and (len(in_flight) >= self.workers or in_flight[0].done()):
+                    self.ready.put(in_flight.popleft().result())
+            while in_flight:
+                self.ready.put(in_flight.popleft().result())
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self.ready.put(exc)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def take(self):
         while True:
@@ -336,11 +394,11 @@ class _EpochRun:
         cfg = loader.cfg
         self.B = loader.stream_batch
         self.total = int(stream.sizes.sum())
-        self.plan = SlotPlan(self.total, loader.n_slots, self.B, cfg.seed, epoch, loader.stream_rank)
+        self.plan = SlotPlan(self.total, loader.n_slots, self.B, cfg.seed, epoch, loader.stream_rank, loader.first_rows)
         self.stop = threading.Event()
         self.out_q: queue.Queue = queue.Queue(maxsize=cfg.prefetch_batches)
         dt = storage_dtype(loader.store_dtype)
-        self.buffer = loader._arena("buffer", (loader.max_slots, loader.d), dt)[: self.plan.R]
+        self.buffer = loader._arena("buffer", (loader.max_slots, loader.d), dt, populate=False)[: self.plan.R]
         self.buffer_t = to_torch(self.buffer, loader.store_dtype)
         out_dtype = getattr(torch, cfg.dtype) if cfg.dtype != "store" else self.buffer_t.dtype
         n_out = cfg.prefetch_batches + 2
@@ -360,7 +418,7 @@ class _EpochRun:
         i = int(np.searchsorted(self.offsets, position, side="right")) - 1
         i = min(i, len(self.stream.chunks))
         self.cursor = (None, 0, 0)  # (bin, next row in bin, end row in bin)
-        self.reader = _ChunkReader(self, i, self.ld.cfg.prefetch_chunks + 1)
+        self.reader = _ChunkReader(self, i)
         self.reader.start()
         skip = position - int(self.offsets[i]) if i < len(self.stream.chunks) else 0
         if skip:
@@ -393,7 +451,7 @@ class _EpochRun:
             plan.next_batch()
         if self.first_batch == 0:
             self._open_stream(0)
-            self._take_rows(plan.R, None, 0)
+            self._take_rows(plan.filled, None, 0)
             return
         # Resume: read each chunk that still has rows in the buffer, once, and place them.
         live = np.nonzero(plan.slot_pos >= 0)[0]
@@ -414,7 +472,7 @@ class _EpochRun:
             for bi in range(self.first_batch, self.stream.n_batches):
                 if self.stop.is_set():
                     return
-                slots, emitted, count = self.plan.next_batch()
+                slots, emitted, refill = self.plan.next_batch()
                 slots_t = torch.from_numpy(slots)
                 lo = self.ld.slice_start
                 mine = slots_t[lo : lo + self.ld.cfg.batch_size]  # the whole batch unless ranks slice it
@@ -422,8 +480,8 @@ class _EpochRun:
                 staging = self.staging[: len(mine)]
                 torch.index_select(self.buffer_t, 0, mine, out=staging)
                 self.ld.normalizer.into(staging, out)
-                if count:
-                    self._take_rows(count, slots_t, None)
+                if len(refill):
+                    self._take_rows(len(refill), torch.from_numpy(refill), None)
                 item = (
                     (out, _rows_at(self.stream, self.offsets, emitted[lo : lo + len(mine)]))
                     if self.ld.with_rows

@@ -23,7 +23,7 @@ from safetensors.torch import save_file as _save_file
 from osae import __version__
 from osae.errors import CheckpointError
 from osae.store import file_sha256
-from osae.train.architectures import ARCHITECTURES, SAE
+from osae.train.architectures import ARCHITECTURES, INFERENCE_ARCHITECTURES, SAE
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS = "sae.safetensors"
@@ -112,9 +112,10 @@ def load_frozen(directory, device: str | torch.device = "cpu") -> tuple[SAE, dic
             f"re-run `osae fit --resume` on its run directory to rewrite it"
         )
     arch = config["architecture"]
-    if arch not in ARCHITECTURES:
+    known = {**ARCHITECTURES, **INFERENCE_ARCHITECTURES}  # a permuted foreign JumpReLU SAE is inference-only
+    if arch not in known:
         raise CheckpointError(f"{directory} holds an unknown architecture '{arch}'")
-    cfg_cls, sae_cls = ARCHITECTURES[arch]
+    cfg_cls, sae_cls = known[arch]
     sae = sae_cls(cfg_cls.from_dict(config["arch_config"]))
     sae.load_state_dict(read_tensors(w_path, "the checkpoint is torn: re-run `osae fit --resume` on its run directory"))
     return sae.to(device).eval(), config

@@ -30,6 +30,7 @@ RUN_FIELDS = (
     "accum_steps",
     "lr_schedule",
     "lr_warmup_steps",
+    "dead_window_tokens",
     "checkpoint_every",
     "nonfinite",
     "device",
@@ -141,7 +142,12 @@ def fit_cmd(
     normalization: str = typer.Option("scalar", help="none, scalar (E||x||^2 = d) or standardize."),
     accum_steps: int = typer.Option(1, help="Micro-batches per optimizer update."),
     lr_schedule: str = typer.Option("constant-decay", help="constant-decay (linear to 0 over the last 20%) or cosine."),
-    lr_warmup_steps: int = typer.Option(1000, help="Linear learning-rate warm-up, in steps."),
+    lr_warmup_steps: int = typer.Option(
+        None, help="Linear learning-rate warm-up, in steps (default: 5% of the run, at most 1000)."
+    ),
+    dead_window_tokens: int = typer.Option(
+        None, help="Tokens without firing before a latent counts as dead (default: a tenth of the run, at most 10M)."
+    ),
     checkpoint_every: int = typer.Option(2000, help="Steps between checkpoints."),
     nonfinite: str = typer.Option("skip", help="A batch with NaN/Inf: skip (counted) or stop."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -215,17 +221,17 @@ def _dry_run(cfg: TrainConfig, *, overwrite: bool) -> None:
 @user_errors
 def export_cmd(
     checkpoint: str = typer.Argument(..., help="Frozen checkpoint directory (RUN/NAME)."),
-    format: str = typer.Option("saelens", "--format", help="Target format: saelens."),
+    format: str = typer.Option("saelens", "--format", help="Target format: saelens or sparsify."),
     out: str = typer.Option(..., "--out", help="Directory to write."),
 ) -> None:
-    """Write a checkpoint in another library's format (SAELens: cfg.json + sae_weights.safetensors).
+    """Write a checkpoint in another library's format (SAELens: cfg.json + sae_weights.safetensors;
+    sparsify: cfg.json + sae.safetensors).
 
     Examples:
       osae export runs/osae/osae-K4096-k32-s0 --format saelens --out saelens/osae-s0
+      osae export runs/topk/topk-K4096-k32-s0 --format sparsify --out sparsify/layers.3
     """
-    from osae.train.export import export_saelens
+    from osae.train.export import export
 
-    if format != "saelens":
-        raise UsageError(f"--format must be saelens; got {format!r}")
-    result = export_saelens(checkpoint, out)
-    typer.echo(f"wrote a SAELens '{result['architecture']}' SAE to {result['out']}")
+    result = export(checkpoint, out, format)
+    typer.echo(f"wrote a {format} '{result['architecture']}' SAE to {result['out']}")

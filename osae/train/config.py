@@ -18,6 +18,8 @@ from osae.store import NORMALIZATIONS
 from osae.train.arch_settings import parse_arch_config, setting_names
 from osae.train.architectures import ARCHITECTURES, SAEConfig
 
+RESOLVED_KEY = "resolved"  # run.json: the values derived from the run (osae fit prints them), not settings
+
 log = logging.getLogger(__name__)
 
 SPEC_KEYS = ("arch", "seed", "config", "lr")
@@ -72,10 +74,12 @@ class SAESpec:
         c = self.arch_config
         return f"{self.arch}-K{c.d_sae}-k{c.k if c.uses_k else 'NA'}-s{self.seed}"
 
-    def build_config(self, d_in: int) -> SAEConfig:
-        """The architecture config for activations of width `d_in` (what the SAE module takes)."""
+    def build_config(self, d_in: int, n_steps: int | None = None) -> SAEConfig:
+        """The architecture config for activations of width `d_in` (what the SAE module takes), with its
+        step-counted settings resolved for a run of `n_steps` steps when given."""
         try:
-            return self.arch_config.bind(d_in)
+            cfg = self.arch_config.bind(d_in)
+            return cfg.for_run(n_steps) if n_steps is not None else cfg
         except ValueError as exc:
             raise UsageError(f"{self.name}: {exc}") from None
 
@@ -99,8 +103,8 @@ class TrainConfig:
     """Tokens per step, over all processes."""
     accum_steps: int = 1
     """Micro-batches per optimizer update (HybridOrder's recipe uses 4)."""
-    lr_warmup_steps: int = 1000
-    """Linear warm-up, in steps (micro-batches)."""
+    lr_warmup_steps: int | None = None
+    """Linear warm-up, in steps (micro-batches); None: 5% of the run, at most 1000."""
     lr_schedule: str = "constant-decay"
     """constant-decay (constant, then linear to 0 over the last lr_decay_frac) or cosine (to 0)."""
     lr_decay_frac: float = 0.2
@@ -113,8 +117,9 @@ class TrainConfig:
     """none, scalar (E||x||^2 = d_in) or standardize, from the store's statistics."""
     b_dec_init: str = "geometric_median"
     """geometric_median, mean or zero, from the first training rows."""
-    dead_window_tokens: int = 10_000_000
-    """A latent that has not fired for this many tokens is dead (AuxK)."""
+    dead_window_tokens: int | None = None
+    """A latent that has not fired for this many tokens is dead (AuxK); None: a tenth of the run's tokens,
+    at most 10M."""
     data_seed: int = 0
     """Shuffle order of the stream every SAE of the run sees."""
     buffer_bytes: int = 2**30
@@ -140,10 +145,20 @@ class TrainConfig:
         if len(set(names)) != len(names):
             raise UsageError(f"two SAEs of the run share a name: {sorted(n for n in names if names.count(n) > 1)[0]}")
         for key in ("tokens", "batch_size", "accum_steps", "checkpoint_every", "log_every", "dead_window_tokens"):
-            if getattr(self, key) <= 0:
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise UsageError(f"{key.replace('_', '-')} must be positive; got {getattr(self, key)}")
         if self.tokens < self.batch_size:
             raise UsageError(f"--tokens ({self.tokens}) must be at least one batch ({self.batch_size})")
+        if self.lr_warmup_steps is not None and not 0 <= self.lr_warmup_steps <= self.n_steps:
+            raise UsageError(
+                f"--lr-warmup-steps must be in [0, {self.n_steps}] (the run's steps); got {self.lr_warmup_steps}; "
+                f"leave it out to scale it with the run"
+            )
+        if self.dead_window_tokens is not None and self.dead_window_tokens > self.tokens:
+            raise UsageError(
+                f"--dead-window-tokens {self.dead_window_tokens} is longer than the run ({self.tokens} tokens): "
+                f"no latent could ever count as dead; give at most {self.tokens} or leave it out"
+            )
         if self.normalization not in NORMALIZATIONS:
             raise UsageError(f"normalization must be one of {NORMALIZATIONS}; got {self.normalization!r}")
         if self.nonfinite not in ("skip", "stop"):
@@ -162,6 +177,36 @@ class TrainConfig:
     def n_steps(self) -> int:
         return self.tokens // self.batch_size
 
+    @property
+    def warmup_steps(self) -> int:
+        """The learning-rate warm-up this run uses."""
+        if self.lr_warmup_steps is not None:
+            return self.lr_warmup_steps
+        return max(1, min(1000, round(0.05 * self.n_steps)))
+
+    @property
+    def dead_window(self) -> int:
+        """The dead-latent window (tokens) this run uses."""
+        if self.dead_window_tokens is not None:
+            return self.dead_window_tokens
+        return max(self.batch_size, min(10_000_000, self.tokens // 10))
+
+    def resolved(self, d_in: int) -> dict:
+        """Every value this run derives from its length and width (run.json's "resolved", printed at the start)."""
+        return {
+            "steps": self.n_steps,
+            "lr_warmup_steps": self.warmup_steps,
+            "dead_window_tokens": self.dead_window,
+            "saes": {
+                s.name: {
+                    "lr": s.resolved_lr(),
+                    **{n: getattr(c, n) for n in c.step_settings},
+                }
+                for s in self.saes
+                for c in [s.build_config(d_in, self.n_steps)]
+            },
+        }
+
     def to_dict(self) -> dict:
         """The resolved config, as run.json holds it (and `osae fit --config` reads it)."""
         d = asdict(self)
@@ -176,6 +221,7 @@ class TrainConfig:
         --resume, written by this or an older osae) unknown keys are ignored with a warning."""
         if not isinstance(d, dict):
             raise UsageError(f"a run config must be a mapping of settings; got {type(d).__name__}")
+        d = {k: v for k, v in d.items() if k != RESOLVED_KEY}  # derived values run.json records, not settings
         d = known_fields(cls, d, "run", strict=strict)
         saes = d.get("saes", [])
         if not isinstance(saes, list):
@@ -189,9 +235,10 @@ class TrainConfig:
         return cls(**d)
 
     def check_width(self, d_in: int) -> None:
-        """Raise (naming the SAE) if any SAE's config is invalid for activations of width `d_in`."""
+        """Raise (naming the SAE) if any SAE's config is invalid for activations of width `d_in` or for the
+        run's length."""
         for spec in self.saes:
-            spec.build_config(d_in)
+            spec.build_config(d_in, self.n_steps)
 
 
 def load_sweep(path: str | Path) -> list[SAESpec]:

@@ -11,7 +11,7 @@ import torch
 from osae.distributed import Collective, barrier, init_distributed
 from osae.errors import OsaeError, UsageError
 from osae.store import ActivationStore, LoaderConfig, Normalizer, ShuffledLoader, load_rows, store_fingerprint
-from osae.train.config import TrainConfig
+from osae.train.config import RESOLVED_KEY, TrainConfig
 from osae.train.run_dir import config_differences, plan_run, saved_config, start_fresh
 from osae.train.trainer import Trainer
 
@@ -44,7 +44,7 @@ def _open_and_check(cfg: TrainConfig, world: int) -> tuple[ActivationStore, str,
     d_in = store.d_model(hook)
     for spec in cfg.saes:
         try:
-            spec.build_config(d_in)
+            spec.build_config(d_in, cfg.n_steps)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{spec.name}: {str(exc).splitlines()[0]}") from None
     return store, hook, d_in
@@ -56,6 +56,16 @@ def _resolved(saved: dict) -> dict:
         return TrainConfig.from_dict(saved).to_dict()
     except (OsaeError, ValueError, TypeError):  # unreadable by this version: compared as it is, so it differs
         return saved
+
+
+def _describe(resolved: dict) -> str:
+    """One line of the resolved values: run-wide ones, then each SAE's."""
+    run = ", ".join(f"{k}={v}" for k, v in resolved.items() if k != "saes")
+    per_sae = "; ".join(
+        f"{name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items())
+        for name, vals in resolved["saes"].items()
+    )
+    return f"{run}; {per_sae}"
 
 
 def _old_sae_names(out: Path) -> list[str]:
@@ -89,8 +99,11 @@ def fit(
     log.info("%s", plan.note)
     if plan.action == "finished":
         return {"out": str(out), "already_finished": True}
+    resolved = cfg.resolved(d_in)
+    log.info("derived from the run's length and width: %s", _describe(resolved))
     if plan.action == "fresh" and rank == 0:
-        start_fresh(out, cfg.to_dict(), sorted({*_old_sae_names(out), *(s.name for s in cfg.saes)}))
+        record = {**cfg.to_dict(), RESOLVED_KEY: resolved}
+        start_fresh(out, record, sorted({*_old_sae_names(out), *(s.name for s in cfg.saes)}))
     barrier(world)
     normalizer = Normalizer.from_store(store, hook, cfg.normalization)
     stats = store.stats(hook)

@@ -70,7 +70,7 @@ class Member:
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    warm = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     frac = step / max(1, cfg.n_steps)
     if cfg.lr_schedule == "cosine":
         return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
@@ -135,7 +135,7 @@ class Trainer:
     def _member(self, spec: SAESpec, init_rows) -> Member:
         _, sae_cls = ARCHITECTURES[spec.arch]
         torch.manual_seed(spec.seed)
-        sae = sae_cls(spec.build_config(self.d_in))
+        sae = sae_cls(spec.build_config(self.d_in, self.cfg.n_steps))
         sae.seed = spec.seed
         if init_rows is not None and self.cfg.b_dec_init != "zero":
             with torch.no_grad():
@@ -305,7 +305,7 @@ class Trainer:
 
     def _train_step(self, m: Member, x: torch.Tensor) -> None:
         cfg, sae, step = self.cfg, m.sae, self.step
-        dead = m.since_fired >= cfg.dead_window_tokens
+        dead = m.since_fired >= cfg.dead_window
         ctx = StepContext(step=step, dead_F=dead, generator=m.generator, collective=self.collective)
         with self.autocast():
             out = sae(x, ctx)
@@ -399,7 +399,7 @@ class Trainer:
                 "sse_per_token": a["sse"] / a["n"],
                 "fvu": a["sse"] / a["n"] / self.total_variance,
                 "l0": a["l0"] / a["n"],
-                "dead_fraction": float((m.since_fired >= self.cfg.dead_window_tokens).float().mean()),
+                "dead_fraction": float((m.since_fired >= self.cfg.dead_window).float().mean()),
                 # dense: latents firing on more than 10% of the window's tokens
                 "dense_fraction": float((a["fires"].float() / a["n"] > 0.1).float().mean()),
                 "lr": m.opt.param_groups[0]["lr"],

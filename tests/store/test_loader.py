@@ -265,3 +265,15 @@ def test_a_new_store_records_the_minimum_and_its_eval_split_reaches_it(tmp_path)
     s = ActivationStore(tmp_path / "s.zarr")
     assert s.meta["split"]["min_eval_rows"] == 100_000
     assert split_intervals(s, "eval").n_rows >= 100_000 and split_intervals(s, "train").n_rows >= 4096 * 30
+
+
+def test_normalizing_float16_rows_computes_in_the_output_dtype():
+    """Scaling float16 rows into float32 must not round the product to float16 first."""
+    x = torch.tensor([[1.0009765625, 3.0, -7.0]], dtype=torch.float16)  # exact in float16
+    scale = 1.2345678
+    out = torch.empty(1, 3)
+    Normalizer("scalar", scale=scale).into(x, out)
+    torch.testing.assert_close(out, x.double().mul(scale).float(), rtol=1e-7, atol=0)
+    shifted = Normalizer("standardize", scale=[scale] * 3, shift=[0.5, 0.25, -1.0])
+    shifted.into(x, out)
+    torch.testing.assert_close(out, ((x.double() - torch.tensor([0.5, 0.25, -1.0])) * scale).float(), rtol=1e-7, atol=0)

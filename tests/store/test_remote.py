@@ -359,6 +359,32 @@ def test_http_store_feeds_the_shuffled_loader(http_store):
     assert not np.array_equal(rows, want), "rows come shuffled"
 
 
+def test_remote_chunk_reads_in_parallel_give_the_same_stream_as_zarr(http_store):
+    """Direct range reads with several in flight (the remote default) against one zarr read at a time."""
+    url, _, _ = http_store
+    store = ActivationStore(url)
+
+    def epoch(**kw):
+        cfg = LoaderConfig(batch_size=100, buffer_bytes=2 * 256 * 16 * 2, drop_last=False, seed=5, **kw)
+        return np.concatenate([x.numpy().copy() for x in ShuffledLoader(store, HOOK, cfg).epoch_batches()])
+
+    np.testing.assert_array_equal(epoch(read_workers=4), epoch(direct_reads=False, read_workers=1))
+
+
+def test_a_flipped_byte_in_a_served_chunk_stops_the_loader_in_one_line(http_root):
+    root, base = http_root
+    make_store(root / "flipped.zarr", **SMALL)
+    shard = root / "flipped.zarr" / "acts" / HOOK / "c" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0xFF  # inside chunk 0's rows
+    shard.write_bytes(bytes(raw))
+    store = ActivationStore(f"{base}/flipped.zarr")
+    cfg = LoaderConfig(batch_size=100, split="all", buffer_bytes=2**20, read_workers=3)
+    with pytest.raises(StoreError, match=r"cannot read chunk 0 of .*checksum mismatch; run `osae store verify`"):
+        for _ in ShuffledLoader(store, HOOK, cfg).epoch_batches():
+            pass
+
+
 def test_writing_to_http_is_refused_as_read_only(http_root):
     _, base = http_root
     hooks = {HOOK: hook_spec(3, 16, "float16", "resid_post")}

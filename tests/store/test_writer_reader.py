@@ -13,6 +13,7 @@ from osae.errors import (
     StoreFormatError,
     StoreLockedError,
     StoreMismatchError,
+    UsageError,
 )
 from osae.store import ActivationStore, StoreWriter, hook_spec, to_float32, tools
 
@@ -86,6 +87,18 @@ def test_fingerprint_is_content_based(tmp_path):
     report = tools.copy(tmp_path / "a.zarr", tmp_path / "z.zarr", compressor="zstd")
     assert report["ok"] and report["same_content"] and report["fingerprint"] == fa
     assert tools.info(tmp_path / "z.zarr")["compressor"] == "zstd"
+
+
+def test_sequences_without_their_windows_are_refused_in_one_line(tmp_path):
+    """A store that keeps token windows would fail verify with none written: the writer refuses instead."""
+    w = StoreWriter.create(
+        tmp_path / "a.zarr", hooks={HOOK: hook_spec(3, 8, "float16", "resid_post")}, has_tokens=True, context_size=16
+    )
+    with pytest.raises(UsageError, match="token window of 16 positions"):
+        w.add_sequences(np.arange(10) * 15, None)
+    with pytest.raises(UsageError, match=r"got shape \(10, 8\)"):
+        w.add_sequences(np.arange(10) * 15, np.zeros((10, 8), np.int32))
+    w.abort()
 
 
 def test_verify_finds_a_corrupt_and_a_missing_chunk(tmp_path):

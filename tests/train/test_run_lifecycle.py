@@ -133,3 +133,37 @@ def test_an_invalid_sae_setting_writes_nothing(toy, tmp_path):  # noqa: F811
     with pytest.raises(StoreError, match="no hook 'nope'"):
         fit(_cfg(toy, tmp_path / "bad", SPECS, hook="nope"), progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, option",
+    [
+        (["--lr-warmup-steps", "5000"], "--lr-warmup-steps"),
+        (["--dead-window-tokens", str(10**9)], "--dead-window-tokens"),
+        (["--arch", "batchtopk", "--threshold-start", "5000"], "--threshold-start"),
+    ],
+)
+def test_a_step_setting_longer_than_the_run_is_one_line_and_writes_nothing(toy, tmp_path, extra, option):  # noqa: F811
+    code, _, err = _fit_cli(toy, tmp_path / "run", *extra)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1 and "Traceback" not in err, err
+    assert option in lines[0] and "400" in lines[0], lines[0]  # names the option and the run's 400 steps
+    assert not (tmp_path / "run").exists()
+
+
+def test_defaults_scale_with_the_run_and_run_json_records_them(toy, tmp_path):  # noqa: F811
+    specs = [SAESpec("batchtopk", 0, {"d_sae": 32, "k": 3}, lr=1e-3), SAESpec("relu", 0, {"d_sae": 32})]
+    cfg = _cfg(toy, tmp_path / "run", specs, lr_warmup_steps=None, dead_window_tokens=None)
+    fit(cfg, progress=False)
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    steps = cfg.tokens // cfg.batch_size
+    assert saved["lr_warmup_steps"] is None and saved["dead_window_tokens"] is None  # the settings: "auto"
+    res = saved["resolved"]
+    assert res["steps"] == steps and res["lr_warmup_steps"] == max(1, round(0.05 * steps)) < steps
+    assert res["dead_window_tokens"] == max(cfg.batch_size, cfg.tokens // 10)
+    assert res["saes"]["batchtopk-K32-k3-s0"]["threshold_start"] == max(1, round(0.1 * steps))
+    assert res["saes"]["relu-K32-kNA-s0"]["l1_warmup_steps"] == max(1, round(0.05 * steps))
+    frozen = json.loads((tmp_path / "run" / "batchtopk-K32-k3-s0" / "config.json").read_text())
+    assert frozen["arch_config"]["threshold_start"] == res["saes"]["batchtopk-K32-k3-s0"]["threshold_start"]
+    long_run = SAESpec("batchtopk", 0, {"d_sae": 32}).build_config(16, n_steps=10**6)
+    assert long_run.threshold_start == 1000  # capped: a long run keeps the published value

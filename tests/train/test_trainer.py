@@ -140,7 +140,9 @@ def test_hybridorder_reorder_commutes_with_training():
 
     torch.manual_seed(0)
     xs = [torch.randn(64, 8, dtype=torch.float64) for _ in range(12)]
-    spec = SAESpec("hybridorder", 0, {"d_sae": 16, "reorder_start": 10**9}, lr=1e-2)
+    spec = SAESpec(
+        "hybridorder", 0, {"d_sae": 16, "reorder_start": 12}, lr=1e-2
+    )  # 12 steps: its own reorders never come
     cfg = TrainConfig(store="unused", out="/nonexistent", saes=[spec], tokens=64 * 12, batch_size=64, lr_warmup_steps=1)
     runs = []
     for permute_at in (None, 6):

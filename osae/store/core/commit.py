@@ -16,7 +16,7 @@ import numpy as np
 
 from osae import faults
 from osae.constants import DIGESTS_GROUP, SEQUENCES_GROUP, STORE_ATTR_KEY
-from osae.errors import StoreError
+from osae.errors import StoreError, UsageError
 from osae.store.core.format import now_iso
 from osae.store.core.layout import OpenedStore, create_plain, create_store, disk_full, row_paths
 from osae.store.core.stats import merge_stats
@@ -56,6 +56,14 @@ class CommitLog:
     # -- before a commit ------------------------------------------------------------------------
     def add_sequences(self, row_start: np.ndarray, context: np.ndarray | None = None) -> None:
         """Record the first row (and the token window) of sequences, in order; written with the next commit."""
+        window = self.meta.get("context_size")
+        if window and (context is None or np.shape(context) != (len(row_start), window)):
+            # verify would later find the windows array short of the sequences: refuse it now
+            got = "none" if context is None else f"shape {np.shape(context)}"
+            raise UsageError(
+                f"this store keeps a token window of {window} positions per sequence: pass add_sequences a "
+                f"({len(row_start)}, {window}) array of windows (got {got}), or create it with context_size=None"
+            )
         self._seq_row_start.append(np.asarray(row_start, np.int64))
         if context is not None:
             self._seq_context.append(np.asarray(context, np.int32))

@@ -76,7 +76,8 @@ def filesystem(loc: Location):
     except (ImportError, ValueError) as exc:
         raise StoreError(
             f"cannot open {loc.url}: no filesystem for '{loc.protocol}://' ({exc}); "
-            f"install osae[remote] (s3fs, aiohttp) or use a local path"
+            f"s3:// and http(s):// come with osae's own dependencies (s3fs, aiohttp): reinstall osae; other "
+            f"protocols need their fsspec package (e.g. gcsfs for gs://)"
         ) from None
 
 
@@ -95,7 +96,10 @@ def zarr_store(loc: Location, *, read_only: bool) -> zarr.abc.store.Store:
     try:
         return zarr.storage.FsspecStore.from_url(loc.url, storage_options=storage_options(loc), read_only=read_only)
     except (ImportError, ValueError, TypeError) as exc:
-        raise StoreError(f"cannot open {loc.url} ({exc}); for s3:// and http(s):// install osae[remote]") from None
+        raise StoreError(
+            f"cannot open {loc.url} ({exc}); check the URL, and for protocols other than s3:// and http(s):// "
+            f"install their fsspec package"
+        ) from None
 
 
 def join(loc: Location, *parts: str) -> str:

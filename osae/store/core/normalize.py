@@ -56,10 +56,12 @@ class Normalizer:
         if self.kind == "none":
             return out.copy_(x)
         scale, shift = self._tensors(out.device, out.dtype)
+        # Convert first: torch.mul(x, 0-dim scale, out=...) would compute in x's dtype (float16 rows would be
+        # scaled in float16, rounding away ~2^-11 of every value) and only then cast to out's.
+        out.copy_(x)
         if self.kind == "scalar":
-            return torch.mul(x, scale, out=out)
-        torch.sub(x, shift, out=out)
-        return out.mul_(scale)
+            return out.mul_(scale)
+        return out.sub_(shift).mul_(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.into(

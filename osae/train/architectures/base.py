@@ -232,6 +232,10 @@ class SAEConfig:
     aux_k: int | None = None
     """Latents of the AuxK reconstruction; None: d_in // 2."""
     uses_k: ClassVar[bool] = True  # ReLU-based architectures ignore k (their run names say kNA)
+    # Settings counted in training steps. A None value of a name with a rule (share of the run, cap) becomes
+    # that share of the run's steps, at most the cap; a rule of None means None stays None (off). A value
+    # given longer than the run is refused: it would never take effect.
+    step_settings: ClassVar[dict[str, tuple[float, int] | None]] = {}
     saelens: ClassVar[str] = "topk"  # SAELens architecture of the inference code: topk, jumprelu or standard
 
     def __post_init__(self) -> None:
@@ -247,6 +251,21 @@ class SAEConfig:
     def bind(self, d_in: int) -> SAEConfig:
         """This config for activations of width `d_in`, validated again."""
         return replace(self, d_in=d_in)
+
+    def for_run(self, n_steps: int) -> SAEConfig:
+        """This config with its step-counted settings resolved for a run of `n_steps` steps."""
+        changes = {}
+        for name, rule in self.step_settings.items():
+            value = getattr(self, name)
+            if value is None and rule is not None:
+                share, cap = rule
+                changes[name] = max(1, min(cap, round(share * n_steps)))
+            elif value is not None and value > n_steps:
+                raise UsageError(
+                    f"--{name.replace('_', '-')} {value} is longer than the run ({n_steps} steps): give at most "
+                    f"{n_steps}, or leave it out to scale it with the run"
+                )
+        return replace(self, **changes) if changes else self
 
     def settings(self) -> dict:
         """What a run records for this SAE: every field but d_in (the store's), and k only where it is used."""
@@ -271,6 +290,9 @@ class SAE(nn.Module):
     ARCHITECTURE = "base"
 
     def __init__(self, cfg: SAEConfig):
+        unresolved = [n for n, rule in cfg.step_settings.items() if rule is not None and getattr(cfg, n) is None]
+        if unresolved:  # a programming error: the trainer resolves them with cfg.for_run(n_steps)
+            raise ValueError(f"{type(cfg).__name__}: {', '.join(unresolved)} not resolved; use cfg.for_run(n_steps)")
         super().__init__()
         self.cfg = cfg
         D, Fd = cfg.d_in, cfg.d_sae

@@ -31,8 +31,9 @@ ARCHITECTURE = "batchtopk"
 class BatchTopKConfig(SAEConfig):
     threshold_beta: float = 0.999
     """EMA factor of the inference threshold."""
-    threshold_start: int = 1000
-    """Training step from which the threshold is tracked."""
+    threshold_start: int | None = None
+    """Training step from which the threshold is tracked (None: a tenth of the run, at most 1000)."""
+    step_settings: ClassVar[dict] = {"threshold_start": (0.1, 1000)}
     saelens: ClassVar[str] = "jumprelu"  # one global threshold: z = pre * 1[pre > theta] is a JumpReLU
 
 

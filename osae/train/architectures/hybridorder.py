@@ -37,10 +37,12 @@ class HybridOrderConfig(SAEConfig):
     """EMA factor of the firing frequency used to sort latents."""
     eps: float = 0.0
     """A latent fires when z > eps."""
-    reorder_start: int = 2000
-    """First step at which reordering may happen."""
-    reorder_every: int = 500
-    """Reorder every this many steps ..."""
+    reorder_start: int | None = None
+    """First step at which reordering may happen (None: the paper's 2000 of 4882 steps, as a share of the
+    run, at most 2000)."""
+    reorder_every: int | None = None
+    """Reorder every this many steps (None: the paper's 500 of 4882 steps, as a share, at most 500) ..."""
+    step_settings: ClassVar[dict] = {"reorder_start": (2000 / 4882, 2000), "reorder_every": (500 / 4882, 500)}
     reorder_tau: float = 0.1
     """... or whenever the mean variance of recent firing shares exceeds tau."""
 

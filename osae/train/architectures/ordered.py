@@ -14,6 +14,7 @@ competition, and pi is re-based on the unfrozen tail: pi'_j = 1 for j <= f + 1, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -45,6 +46,7 @@ class OrderedConfig(SAEConfig):
     """First k of the warm-up (None: d_sae); equal to k turns the warm-up off."""
     k_warmup_steps: int = 0
     """Steps of the linear warm-up from k_init down to k."""
+    step_settings: ClassVar[dict] = {"k_warmup_steps": None, "sweep_start": None}
     sweep_start: int | None = None
     """Step at which unit sweeping starts (None: no sweeping)."""
     sweep_every: int = 1

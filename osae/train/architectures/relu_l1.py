@@ -21,8 +21,9 @@ class ReLUConfig(SAEConfig):
     saelens: ClassVar[str] = "standard"
     l1_coef: float = 5.0
     """lambda, in units of the per-token squared error (activations normalised to E||x||^2 = d_in)."""
-    l1_warmup_steps: int = 2000
-    """Steps over which lambda ramps from 0."""
+    l1_warmup_steps: int | None = None
+    """Steps over which lambda ramps from 0 (None: 5% of the run, at most 2000)."""
+    step_settings: ClassVar[dict] = {"l1_warmup_steps": (0.05, 2000)}
 
 
 class ReLUSAE(SAE):

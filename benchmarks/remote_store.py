@@ -1,0 +1,214 @@
+"""The loader on a remote store, against one sequential stream of the same bytes (issue #12).
+
+One run, against two servers on loopback, each in its own process:
+- moto's S3 server (the one the tests use), with the store copied to s3://;
+- a static HTTP server that answers byte ranges by reading just those bytes (as S3, nginx or a CDN do).
+  moto does not: it handles every request, even a 4 KiB range, by going through the whole object, so there
+  a chunk read costs about as much as fetching its whole 128 MiB shard, which no real S3 does.
+For each: the ceiling is one client fetching every activation object whole, one after another (fsspec
+`cat_file`, the client library the loader uses); then one shuffled loader epoch of the train split for each
+`--workers` value (chunk reads in flight at once). Rounds alternate stream and loader so that drift of
+the shared machine hits both.
+
+    python benchmarks/remote_store.py --mib 1024 --workers 1,2,4,8 --rounds 2 --out /tmp/remote.json
+
+The rate counts stored activation bytes delivered (the loader's train split only; the stream reads every
+row), so the ratio compares rates, not totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+HOOK = "blocks.3.hook_resid_post"
+BUCKET = "osae-bench"
+D = 1024
+ROW_BYTES = D * 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(port, proc, log)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_for(port: int, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start; see {log}")
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files; a `Range: bytes=a-b` request reads only those bytes."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        rng = self.headers.get("Range")
+        if not rng or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        a, b = rng.strip().removeprefix("bytes=").split("-")
+        start, end = (size - int(b), size - 1) if a == "" else (int(a), min(int(b) if b else size - 1, size - 1))
+        f = open(path, "rb")
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return io.BytesIO(f.read(end - start + 1))
+
+
+def serve_http(root: str, port: int) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), partial(RangeHandler, directory=root))
+    server.serve_forever()
+
+
+def start_http(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-http", str(root), str(port), "--out", "-"],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(port, proc, log)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stream_once(fs, keys: list[str]) -> float:
+    t0 = time.perf_counter()
+    total = sum(len(fs.cat_file(k)) for k in keys)
+    return total / (time.perf_counter() - t0) / 1e9
+
+
+def loader_once(url: str, workers: int) -> dict:
+    from osae.store import ActivationStore, LoaderConfig, ShuffledLoader
+
+    store = ActivationStore(url)
+    ld = ShuffledLoader(store, HOOK, LoaderConfig(batch_size=4096, read_workers=workers, buffer_bytes=2**28))
+    t0 = time.perf_counter()
+    it = ld.epoch_batches()
+    rows = len(next(it))
+    first = time.perf_counter() - t0
+    rows += sum(len(x) for x in it)
+    seconds = time.perf_counter() - t0
+    return {"workers": workers, "gb_s": rows * ROW_BYTES / seconds / 1e9, "first_batch_s": first}
+
+
+def measure(fs, keys: list[str], url: str, workers: list[int], rounds: int) -> dict:
+    result: dict = {"stream_gb_s": [], "loader": []}
+    for _ in range(rounds):
+        result["stream_gb_s"].append(stream_once(fs, keys))
+        print(f"{url}: stream {result['stream_gb_s'][-1]:.3f} GB/s", file=sys.stderr)
+        for w in workers:
+            result["loader"].append(loader_once(url, w))
+            print(json.dumps(result["loader"][-1]), file=sys.stderr)
+    stream = sum(result["stream_gb_s"]) / rounds
+    by_workers: dict[int, list[float]] = {}
+    for row in result["loader"]:
+        by_workers.setdefault(row["workers"], []).append(row["gb_s"])
+    result["summary"] = {
+        w: {"gb_s": sum(v) / len(v), "vs_stream": sum(v) / len(v) / stream} for w, v in by_workers.items()
+    }
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--workers", default="1,2,4,8")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--servers", default="http,moto")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--serve-http", nargs=2, metavar=("ROOT", "PORT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_http:
+        serve_http(args.serve_http[0], int(args.serve_http[1]))
+        return
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fsspec
+    from big_store import build_store  # the same synthetic rows as the larger-than-memory benchmark
+
+    from osae.store import tools
+
+    work = Path(tempfile.mkdtemp(prefix="osae-remote-"))
+    workers = [int(x) for x in args.workers.split(",")]
+    build_store(work / "served" / "store", args.mib * 2**20 // ROW_BYTES)
+    local_keys = sorted(
+        p.relative_to(work / "served").as_posix()
+        for p in (work / "served" / "store" / "acts" / HOOK).rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
+    result: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "store_mib": sum((work / "served" / k).stat().st_size for k in local_keys) / 2**20,
+    }
+    procs = []
+    try:
+        if "http" in args.servers:
+            proc, base = start_http(work / "served", work / "http.log")
+            procs.append(proc)
+            fs = fsspec.filesystem("http")
+            result["http"] = measure(fs, [f"{base}/{k}" for k in local_keys], f"{base}/store", workers, args.rounds)
+        if "moto" in args.servers:
+            import s3fs
+
+            proc, endpoint = start_moto(work / "moto.log")
+            procs.append(proc)
+            os.environ.update(
+                AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing",
+                AWS_DEFAULT_REGION="us-east-1",
+                AWS_ENDPOINT_URL=endpoint,
+            )
+            fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+            fs.mkdir(BUCKET)
+            url = f"s3://{BUCKET}/store"
+            tools.copy(str(work / "served" / "store"), url)
+            keys = [f"{BUCKET}/{k}" for k in local_keys]
+            result["moto"] = measure(fs, keys, url, workers, args.rounds)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(json.dumps({k: v["summary"] for k, v in result.items() if isinstance(v, dict)}, indent=2))
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
