@@ -163,7 +163,7 @@ def main() -> None:
     import fsspec
     from big_store import build_store  # the same synthetic rows as the larger-than-memory benchmark
 
-    from osae.store import tools
+    from osae.store import copy_store
 
     work = Path(tempfile.mkdtemp(prefix="osae-remote-"))
     workers = [int(x) for x in args.workers.split(",")]
@@ -198,7 +198,7 @@ def main() -> None:
             fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
             fs.mkdir(BUCKET)
             url = f"s3://{BUCKET}/store"
-            tools.copy(str(work / "served" / "store"), url)
+            copy_store(str(work / "served" / "store"), url)
             keys = [f"{BUCKET}/{k}" for k in local_keys]
             result["moto"] = measure(fs, keys, url, workers, args.rounds)
         args.out.write_text(json.dumps(result, indent=2))

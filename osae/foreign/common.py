@@ -76,7 +76,7 @@ def as_f32(t: torch.Tensor) -> torch.Tensor:
 def build_sae(arch: str, w: Weights, device: str | torch.device = "cpu", **config) -> SAE:
     """An osae SAE of `arch` (trainable or inference-only) holding `w`, in eval mode on `device`."""
     cfg_cls, sae_cls = {**ARCHITECTURES, **INFERENCE_ARCHITECTURES}[arch]
-    sae = sae_cls(cfg_cls(d_in=w.d_in, d_sae=w.d_sae, **config))
+    sae = sae_cls(cfg_cls(d_in=w.d_in, d_sae=w.d_sae, **config).frozen())
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(sae, name).copy_(getattr(w, name))

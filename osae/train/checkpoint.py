@@ -116,7 +116,7 @@ def load_frozen(directory, device: str | torch.device = "cpu") -> tuple[SAE, dic
     if arch not in known:
         raise CheckpointError(f"{directory} holds an unknown architecture '{arch}'")
     cfg_cls, sae_cls = known[arch]
-    sae = sae_cls(cfg_cls.from_dict(config["arch_config"]))
+    sae = sae_cls(cfg_cls.from_dict(config["arch_config"]).frozen())
     sae.load_state_dict(read_tensors(w_path, "the checkpoint is torn: re-run `osae fit --resume` on its run directory"))
     return sae.to(device).eval(), config
 

@@ -267,6 +267,11 @@ class SAEConfig:
                 )
         return replace(self, **changes) if changes else self
 
+    def frozen(self) -> SAEConfig:
+        """This config for an SAE that trains no more (a checkpoint read back, another library's SAE): step
+        settings it lacks take their long-run values, which only a further training run would read."""
+        return self.for_run(10**12)
+
     def settings(self) -> dict:
         """What a run records for this SAE: every field but d_in (the store's), and k only where it is used."""
         return {k: v for k, v in asdict(self).items() if k != "d_in" and (k != "k" or self.uses_k)}
