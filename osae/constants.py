@@ -35,5 +35,4 @@ DEFAULT_LOADER_FIRST_FILL_BYTES = 64 * 2**20
 # on loopback S3 and HTTP two also beat one and eight (0.68-0.79x of one whole-object stream against
 # 0.56-0.64x with eight: there the CPU, not the round trip, is the limit). A link with real latency may want
 # more: LoaderConfig.read_workers (benchmarks/remote_store.py).
-LOCAL_READ_WORKERS = 2
-REMOTE_READ_WORKERS = 2
+DEFAULT_READ_WORKERS = 2

@@ -111,8 +111,9 @@ def seed_family(cfg: dict) -> str:
     return json.dumps(strip(cfg), sort_keys=True, default=str)
 
 
-def pair_names(loaded: dict, mode: str) -> list[tuple[str, str]]:
-    """The pairs to compare: seeds of one family, or (`all`) every pair of the same width d_in and hook."""
+def pair_names(loaded: dict, mode: str, families: dict[str, str]) -> list[tuple[str, str]]:
+    """The pairs to compare: seeds of one family (`families`: name -> seed_family), or (`all`) every pair of
+    the same width d_in and hook."""
     names = sorted(loaded)
     if mode == "all":
         return [
@@ -120,7 +121,6 @@ def pair_names(loaded: dict, mode: str) -> list[tuple[str, str]]:
             for a, b in combinations(names, 2)
             if loaded[a][1]["hook"] == loaded[b][1]["hook"] and loaded[a][0].cfg.d_in == loaded[b][0].cfg.d_in
         ]
-    families = {n: seed_family(loaded[n][1]) for n in names}
     return [(a, b) for a, b in combinations(names, 2) if families[a] == families[b]]
 
 
@@ -228,15 +228,16 @@ def evaluate(
         saes[name] = entry
     compared = []
     names = sorted(loaded)
-    chosen = pair_names(loaded, pairs)
+    families = {n: seed_family(loaded[n][1]) for n in names}
+    chosen = pair_names(loaded, pairs, families)
     for a, b in tqdm(chosen, desc=f"compare {pairs} pairs", unit="pair", disable=None if progress else True):
         Da, Db = loaded[a][0].W_dec, loaded[b][0].W_dec
         m = match(Da, Db)
-        figures["matchings"].setdefault(a if pairs == "all" else seed_family(loaded[a][1]), (m.rows, m.cols, m.cosines))
+        figures["matchings"].setdefault(a if pairs == "all" else families[a], (m.rows, m.cols, m.cosines))
         entry = {
             "a": a,
             "b": b,
-            "same_family": seed_family(loaded[a][1]) == seed_family(loaded[b][1]),
+            "same_family": families[a] == families[b],
             "stab": m.stab,
             "ord": m.ord,
             "matching": m.method,

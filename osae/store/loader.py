@@ -30,8 +30,7 @@ from osae.constants import (
     ACTS_GROUP,
     DEFAULT_LOADER_BUFFER_BYTES,
     DEFAULT_LOADER_FIRST_FILL_BYTES,
-    LOCAL_READ_WORKERS,
-    REMOTE_READ_WORKERS,
+    DEFAULT_READ_WORKERS,
 )
 from osae.errors import UsageError
 from osae.store.core.direct import DirectChunkReader, direct_layout
@@ -309,14 +308,14 @@ class ShuffledLoader:
 
 class _ChunkReader(threading.Thread):
     """Reads the stream's chunks into a ring of staging bins (decoded in place, no extra copy) and hands
-    them over in stream order. With several workers (remote stores) that many chunk reads are in flight."""
+    them over in stream order, with `workers` chunk reads in flight."""
 
     def __init__(self, run: _EpochRun, first_chunk: int):
         super().__init__(daemon=True, name="osae-reader")
         self.run_ = run
         self.first_chunk = first_chunk
         ld = run.ld
-        self.workers = ld.cfg.read_workers or (LOCAL_READ_WORKERS if ld.store.loc.is_local else REMOTE_READ_WORKERS)
+        self.workers = ld.cfg.read_workers or DEFAULT_READ_WORKERS
         n_bins = ld.cfg.prefetch_chunks + self.workers  # bins in flight never starve the consumer's
         self.bins = ld._arena("bins", (n_bins, ld.store.chunk_rows, ld.d), storage_dtype(ld.store_dtype))
         self.free: queue.Queue = queue.Queue()

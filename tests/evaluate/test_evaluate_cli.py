@@ -5,32 +5,17 @@ import sys
 import pytest
 
 from osae.store import StoreWriter, hook_spec
-from osae.synthetic import ToyConfig, write_toy_store
-from osae.train.config import SAESpec, TrainConfig
-from osae.train.fit import fit
+from osae.train.config import SAESpec
+
+from .helpers import fitted_toy_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ev")
-    write_toy_store(root / "toy.zarr", ToyConfig(d=16, n_atoms=32, m=3, n=8000, n_eval=1000))
     specs = [SAESpec("osae", s, {"d_sae": 32, "k": 3}, lr=3e-3) for s in (0, 1)] + [
         SAESpec("osae", 0, {"d_sae": 64, "k": 3}, lr=3e-3)
     ]
-    fit(
-        TrainConfig(
-            store=str(root / "toy.zarr"),
-            out=str(root / "run"),
-            saes=specs,
-            tokens=256 * 30,
-            batch_size=256,
-            buffer_bytes=2**20,
-            lr_warmup_steps=2,
-            normalization="none",
-        ),
-        progress=False,
-    )
-    return root
+    return fitted_toy_run(tmp_path_factory.mktemp("ev"), specs, n=8000, tokens=256 * 30, normalization="none")
 
 
 def _osae(*args):

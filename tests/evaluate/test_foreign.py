@@ -15,9 +15,10 @@ from osae.errors import CheckpointError, UsageError
 from osae.foreign import detect_format, load_any
 from osae.store import ActivationStore
 from osae.synthetic import ToyConfig, write_toy_store
-from osae.train.config import SAESpec, TrainConfig
+from osae.train.config import SAESpec
 from osae.train.export import export
-from osae.train.fit import fit
+
+from .helpers import fitted_toy_run
 
 D, F, K = 8, 24, 3
 HOOK = "blocks.2.hook_resid_post"
@@ -373,22 +374,8 @@ def test_unknown_layouts_are_refused_naming_the_files_found(tmp_path, store8):
 # -- evaluate across libraries, and pairs from configurations ------------------------------------
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pairs")
-    write_toy_store(root / "toy.zarr", ToyConfig(d=16, n_atoms=32, m=3, n=6000, n_eval=1000))
-    fit(
-        TrainConfig(
-            store=str(root / "toy.zarr"),
-            out=str(root / "run"),
-            saes=[SAESpec("topk", s, {"d_sae": 32, "k": 3}, lr=3e-3) for s in (0, 1)],
-            tokens=256 * 20,
-            batch_size=256,
-            buffer_bytes=2**20,
-            lr_warmup_steps=2,
-            normalization="scalar",
-        ),
-        progress=False,
-    )
-    return root
+    specs = [SAESpec("topk", s, {"d_sae": 32, "k": 3}, lr=3e-3) for s in (0, 1)]
+    return fitted_toy_run(tmp_path_factory.mktemp("pairs"), specs, n=6000, tokens=256 * 20, normalization="scalar")
 
 
 def test_renamed_seed_directories_still_pair(run, tmp_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
 
 import google_crc32c
 import numpy as np
@@ -58,8 +57,10 @@ class DirectChunkReader:
     def __init__(self, store: ActivationStore, path: str, layout: dict, verify: bool = True):
         self.store, self.path, self.lay, self.verify = store, path, layout, verify
         self.remote = None if store.loc.is_local else filesystem(store.loc)
-        self._indexes: dict[str, np.ndarray] = {}  # remote shard -> its (chunks, 2) index
-        self._lock = threading.Lock()
+        # remote shard -> its (chunks, 2) index; two threads may both fetch one, which costs a request, not
+        # correctness, so no lock
+        self._indexes: dict[str, np.ndarray] = {}
+        self.index_bytes = 16 * layout["chunks_per_shard"] + 4  # (offset, nbytes) per chunk + crc32c
 
     def read_chunk_into(self, c: int, out: np.ndarray) -> None:
         lay = self.lay
@@ -95,8 +96,7 @@ class DirectChunkReader:
         except FileNotFoundError:
             raise self._missing(c, fname) from None
         try:
-            index_bytes = 16 * self.lay["chunks_per_shard"] + 4
-            raw = os.pread(fd, index_bytes, os.fstat(fd).st_size - index_bytes)
+            raw = os.pread(fd, self.index_bytes, os.fstat(fd).st_size - self.index_bytes)
             offset = self._chunk_range(c, self._index(c, raw), j)
             crc = bytearray(4)
             if os.preadv(fd, [memoryview(flat), crc], offset) != self.lay["chunk_bytes"] + 4:
@@ -109,11 +109,9 @@ class DirectChunkReader:
         index = self._indexes.get(fname)
         try:
             if index is None:
-                index_bytes = 16 * self.lay["chunks_per_shard"] + 4
                 size = self.remote.size(fname)
-                index = self._index(c, self.remote.cat_file(fname, start=size - index_bytes, end=size))
-                with self._lock:
-                    self._indexes[fname] = index
+                index = self._index(c, self.remote.cat_file(fname, start=size - self.index_bytes, end=size))
+                self._indexes[fname] = index
             offset = self._chunk_range(c, index, j)
             data = self.remote.cat_file(fname, start=offset, end=offset + self.lay["chunk_bytes"] + 4)
         except FileNotFoundError:
