@@ -220,7 +220,7 @@ def _sparsify_encoder(sae_dir: Path):
 
     from osae.evaluate.batches import CodeBatch
     from osae.store import Normalizer
-    from osae.train.architectures.base import SparseCode
+    from osae.train.architectures.codes import SparseCode
 
     sae = SparseCoder.load_from_disk(sae_dir).eval()
 

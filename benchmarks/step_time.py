@@ -1,11 +1,14 @@
-"""Training-step time of every architecture (issue: osae fit). Results go to docs/benchmarks.md.
+"""Training-step time of every architecture (issue 13). Results go to docs/benchmarks.md.
 
-d=512, K=16384, k=32, B=4096, float32 on CPU, one SAE, Adam, the full update (forward, backward, radial
-projection, clipping, step, renormalisation) as the trainer runs it. Measured in one run, architectures
-interleaved over rounds. References for the ordered loss: the sampled estimator, and a naive per-prefix
-form that decodes the k+1 distinct truncations of every token separately.
+One SAE (default d=512, K=16384, k=32, B=4096), float32 on CPU, Adam, the full update (forward, backward,
+radial projection, clipping, step, renormalisation) as the trainer runs it. Measured in one run,
+architectures interleaved over rounds. References: every sparse architecture again with autograd's dense
+encoder backward (its pre-activations as a plain graph, as before the sparse backward), with bfloat16
+autocast, and for the ordered loss the sampled estimator and a naive per-prefix form that decodes the
+k+1 distinct truncations of every token separately. `--profile` prints where a step's time goes.
 
     python benchmarks/step_time.py --rounds 2 --steps 2
+    python benchmarks/step_time.py --d 256 --K 4096 --profile topk,matryoshka,osae
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ import numpy as np
 import torch
 
 from osae.store import Normalizer
-from osae.train.architectures.base import SparseCode
+from osae.train.architectures.codes import SparseCode
 from osae.train.batches import TensorBatches
 from osae.train.config import SAESpec, TrainConfig
 from osae.train.trainer import Trainer
 
-D, K, k, B = 512, 16384, 32, 4096
+D, K, k, B = 512, 16384, 32, 4096  # set from the command line in main()
 
 
 def naive_prefix_loss(sae, x, pi):
@@ -46,12 +49,26 @@ def naive_prefix_loss(sae, x, pi):
     return total
 
 
-def step_time(spec: SAESpec, steps: int, naive: bool = False) -> float:
-    cfg = TrainConfig(store="unused", out="/nonexistent", saes=[spec], tokens=B * 1000, batch_size=B, lr_warmup_steps=1)
-    tr = Trainer(
+def _trainer(spec: SAESpec, autocast: str = "none") -> Trainer:
+    cfg = TrainConfig(
+        store="unused",
+        out="/nonexistent",
+        saes=[spec],
+        tokens=B * 4000,
+        batch_size=B,
+        lr_warmup_steps=1,
+        autocast=autocast,
+    )
+    return Trainer(
         cfg, TensorBatches(torch.zeros(B, D), B), d_in=D, normalizer=Normalizer("none"), meta={}, progress=False
     )
+
+
+def step_time(spec: SAESpec, steps: int, naive: bool = False, dense_backward: bool = False, autocast="none") -> float:
+    tr = _trainer(spec, autocast)
     m = tr.members[0]
+    if dense_backward:
+        m.sae.train_pre_acts = m.sae.pre_acts  # a plain graph: autograd's dense B x K backward
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=g)
     if naive:
@@ -102,28 +119,55 @@ def end_to_end(arch: str, steps: int, root: str = "/tmp/osae-step-bench") -> flo
     return B * steps / (time.perf_counter() - t0)
 
 
+def profile(spec: SAESpec, steps: int, autocast: str = "none") -> str:
+    """torch.profiler's table of one architecture's training steps, by self CPU time."""
+    tr = _trainer(spec, autocast)
+    m = tr.members[0]
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+    tr.step = 2000
+    tr._train_step(m, x)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            tr._train_step(m, x)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+
+
 def main() -> None:
+    global D, K, k, B
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--e2e-steps", type=int, default=6)
+    ap.add_argument("--d", type=int, default=D)
+    ap.add_argument("--K", type=int, default=K)
+    ap.add_argument("--k", type=int, default=k)
+    ap.add_argument("--B", type=int, default=B)
+    ap.add_argument("--profile", default="", help="comma-separated architectures to profile instead of timing")
     args = ap.parse_args()
+    D, K, k, B = args.d, args.K, args.k, args.B
     base = {"d_sae": K, "k": k}
+    if args.profile:
+        for arch in args.profile.split(","):
+            print(f"== {arch} (d={D}, K={K}, k={k}, B={B})\n{profile(SAESpec(arch, 0, base), args.steps)}")
+        return
+    sparse = ("topk", "batchtopk", "matryoshka", "matryoshka-random", "osae")
     cases = {
-        "topk": (SAESpec("topk", 0, base), False),
-        "osae (exact, all prefixes)": (SAESpec("osae", 0, base), False),
-        "osae (sampled prefix)": (SAESpec("osae", 0, {**base, "estimator": "sample"}), False),
-        "osae (naive per-prefix decodes)": (SAESpec("osae", 0, base), True),
-        "batchtopk": (SAESpec("batchtopk", 0, base), False),
-        "matryoshka": (SAESpec("matryoshka", 0, base), False),
-        "matryoshka-random": (SAESpec("matryoshka-random", 0, base), False),
-        "relu": (SAESpec("relu", 0, base), False),
-        "hybridorder": (SAESpec("hybridorder", 0, base), False),
+        "topk": (SAESpec("topk", 0, base), {}),
+        "osae (exact, all prefixes)": (SAESpec("osae", 0, base), {}),
+        "osae (sampled prefix)": (SAESpec("osae", 0, {**base, "estimator": "sample"}), {}),
+        "osae (naive per-prefix decodes)": (SAESpec("osae", 0, base), {"naive": True}),
+        "batchtopk": (SAESpec("batchtopk", 0, base), {}),
+        "matryoshka": (SAESpec("matryoshka", 0, base), {}),
+        "matryoshka-random": (SAESpec("matryoshka-random", 0, base), {}),
+        "relu": (SAESpec("relu", 0, base), {}),
+        "hybridorder": (SAESpec("hybridorder", 0, base), {}),
+        **{f"{a} (dense backward)": (SAESpec(a, 0, base), {"dense_backward": True}) for a in sparse},
+        **{f"{a} (bf16 autocast)": (SAESpec(a, 0, base), {"autocast": "bf16"}) for a in sparse},
     }
     times = {name: [] for name in cases}
     for _ in range(args.rounds):
-        for name, (spec, naive) in cases.items():
-            times[name].append(step_time(spec, args.steps, naive))
+        for name, (spec, options) in cases.items():
+            times[name].append(step_time(spec, args.steps, **options))
     res = {
         "shape": {"d": D, "K": K, "k": k, "B": B},
         "torch_threads": torch.get_num_threads(),
@@ -131,7 +175,8 @@ def main() -> None:
     }
     ref = res["seconds_per_step"]["topk"]
     res["ratio_to_topk"] = {n: t / ref for n, t in res["seconds_per_step"].items()}
-    res["end_to_end_tokens_per_s"] = {a: end_to_end(a, args.e2e_steps) for a in ("topk", "osae")}
+    if args.e2e_steps:
+        res["end_to_end_tokens_per_s"] = {a: end_to_end(a, args.e2e_steps) for a in ("topk", "osae")}
     print(json.dumps(res, indent=2))
 
 

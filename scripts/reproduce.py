@@ -96,6 +96,7 @@ def run_toy(out: Path, epochs: int) -> dict:
         batch_size=1024,
         normalization="none",
         lr_warmup_steps=50,
+        optimizer="adam",  # the paper's protocol, and Adam's learning rates
         log_every=200,
     )
     t0 = time.time()
@@ -189,6 +190,7 @@ def run_lm(out: Path, tokens: int, train_tokens: int) -> dict:
                     tokens=train_tokens,
                     batch_size=1024,
                     lr_warmup_steps=100,
+                    optimizer="adam",  # the learning rates above are Adam's
                     log_every=200,
                 )
             )
@@ -206,6 +208,7 @@ def run_lm(out: Path, tokens: int, train_tokens: int) -> dict:
                 tokens=train_tokens,
                 batch_size=1024,
                 lr_warmup_steps=100,
+                optimizer="adam",  # HybridOrder's published recipe
                 log_every=200,
             )
         )

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from osae.store import ActivationStore, Normalizer, RowBatch, iter_rows
-from osae.train.architectures.base import SAE, Code
+from osae.train.architectures.base import SAE
+from osae.train.architectures.codes import Code
 
 
 @dataclass

@@ -36,6 +36,9 @@ RUN_FIELDS = (
     "device",
     "autocast",
     "data_seed",
+    "parallel",
+    "optimizer",
+    "loss_scale",
 )
 SETTINGS_PANEL = "Architecture settings"
 
@@ -138,7 +141,7 @@ def fit_cmd(
     ),
     tokens: int = typer.Option(10_000_000, help="Training tokens."),
     batch_size: int = typer.Option(4096, help="Tokens per step (over all processes)."),
-    lr: float = typer.Option(None, help="Learning rate (default 2e-4 / sqrt(K / 16384))."),
+    lr: float = typer.Option(None, help="Peak learning rate (default: the optimizer's rule, scaled as 1/sqrt(K))."),
     normalization: str = typer.Option("scalar", help="none, scalar (E||x||^2 = d) or standardize."),
     accum_steps: int = typer.Option(1, help="Micro-batches per optimizer update."),
     lr_schedule: str = typer.Option("constant-decay", help="constant-decay (linear to 0 over the last 20%) or cosine."),
@@ -153,6 +156,17 @@ def fit_cmd(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     autocast: str = typer.Option("auto", help="bf16 autocast: auto (GPU only), bf16 or none."),
     data_seed: int = typer.Option(0, help="Shuffle seed of the shared batch stream."),
+    optimizer: str = typer.Option(
+        "adam",
+        help="adam, signum-sf (sign descent under schedule-free averaging; better in runs of a few hundred "
+        "steps, docs/fit.md) or adam-sf (schedule-free Adam).",
+    ),
+    loss_scale: str = typer.Option("mse", help="mse, or fvu (the loss divided by the batch's variance)."),
+    parallel: str = typer.Option(
+        "data",
+        help="Several processes: data (each holds a slice of every batch) or sae (each trains its share of the "
+        "SAEs on whole batches).",
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",

@@ -8,7 +8,6 @@ store's width d_in is bound later (`SAESpec.build_config`, `TrainConfig.check_wi
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from osae.errors import UsageError
 from osae.store import NORMALIZATIONS
 from osae.train.arch_settings import parse_arch_config, setting_names
 from osae.train.architectures import ARCHITECTURES, SAEConfig
+from osae.train.optimizers import OPTIMIZERS, default_lr
 
 RESOLVED_KEY = "resolved"  # run.json: the values derived from the run (osae fit prints them), not settings
 
@@ -38,7 +38,7 @@ class SAESpec:
     config: dict = field(default_factory=dict)
     """Architecture settings: fields of the architecture's config dataclass, without d_in."""
     lr: float | None = None
-    """None: 2e-4 / sqrt(d_sae / 2^14) (dictionary_learning's rule)."""
+    """None: the optimizer's rule, scaled as 1/sqrt(d_sae) (osae.train.optimizers.default_lr)."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -83,8 +83,9 @@ class SAESpec:
         except ValueError as exc:
             raise UsageError(f"{self.name}: {exc}") from None
 
-    def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.arch_config.d_sae / 2**14)
+    def resolved_lr(self, optimizer: str) -> float:
+        """The peak learning rate under `optimizer`: the given lr, or the optimizer's rule."""
+        return self.lr if self.lr is not None else default_lr(optimizer, self.arch_config.d_sae)
 
 
 @dataclass
@@ -109,6 +110,11 @@ class TrainConfig:
     """constant-decay (constant, then linear to 0 over the last lr_decay_frac) or cosine (to 0)."""
     lr_decay_frac: float = 0.2
     """Share of training at the end over which constant-decay decays to 0."""
+    optimizer: str = "adam"
+    """adam, signum-sf (sign descent under schedule-free averaging, sparsify's default) or adam-sf
+    (schedule-free Adam); the schedule-free ones warm up but do not decay."""
+    loss_scale: str = "mse"
+    """mse (squared error per token) or fvu (divided by the batch's variance per token, as sparsify's loss)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     grad_clip: float = 1.0
@@ -124,6 +130,9 @@ class TrainConfig:
     """Shuffle order of the stream every SAE of the run sees."""
     buffer_bytes: int = 2**30
     """Loader shuffle buffer."""
+    parallel: str = "data"
+    """Several processes: data (each holds a slice of every batch and every SAE step reduces over them) or sae
+    (each reads whole batches and trains its own share of the SAEs: no communication per step)."""
     rank_data: str = "slice"
     """Several processes: slice (each takes its slice of the one-process batch: identical results for any
     process count) or chunks (each reads only its own chunks: less reading, other batches)."""
@@ -167,8 +176,14 @@ class TrainConfig:
             raise UsageError(f"lr schedule must be constant-decay or cosine; got {self.lr_schedule!r}")
         if self.b_dec_init not in ("geometric_median", "mean", "zero"):
             raise UsageError(f"b_dec init must be geometric_median, mean or zero; got {self.b_dec_init!r}")
+        if self.parallel not in ("data", "sae"):
+            raise UsageError(f"parallel must be data or sae; got {self.parallel!r}")
         if self.rank_data not in ("slice", "chunks"):
             raise UsageError(f"rank_data must be slice or chunks; got {self.rank_data!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if self.loss_scale not in ("mse", "fvu"):
+            raise UsageError(f"loss scale must be mse or fvu; got {self.loss_scale!r}")
         if self.autocast not in ("auto", "bf16", "none"):
             raise UsageError(f"autocast must be auto, bf16 or none; got {self.autocast!r}")
         self.adam_betas = tuple(self.adam_betas)
@@ -199,13 +214,17 @@ class TrainConfig:
             "dead_window_tokens": self.dead_window,
             "saes": {
                 s.name: {
-                    "lr": s.resolved_lr(),
+                    "lr": self.lr_of(s),
                     **{n: getattr(c, n) for n in c.step_settings},
                 }
                 for s in self.saes
                 for c in [s.build_config(d_in, self.n_steps)]
             },
         }
+
+    def lr_of(self, spec: SAESpec) -> float:
+        """The peak learning rate of one SAE of this run."""
+        return spec.resolved_lr(self.optimizer)
 
     def to_dict(self) -> dict:
         """The resolved config, as run.json holds it (and `osae fit --config` reads it)."""

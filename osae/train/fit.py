@@ -19,9 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def _device(name: str, rank: int) -> torch.device:
+    """auto: this process's GPU if there is one, else the CPU. A bare `cuda` also means this process's GPU
+    (LOCAL_RANK), so that several processes never pile onto GPU 0."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}")
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}")
         return torch.device("cpu")
     return torch.device(name)
 
@@ -37,8 +39,13 @@ def _init_rows(store: ActivationStore, hook: str, normalizer: Normalizer, n: int
 def _open_and_check(cfg: TrainConfig, world: int) -> tuple[ActivationStore, str, int]:
     """Everything that can be checked before a file is written: the store, the hook, the batch split over
     processes and every SAE's configuration at the store's width."""
-    if cfg.batch_size % world:
+    if cfg.parallel == "data" and cfg.batch_size % world:
         raise UsageError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
+    if cfg.parallel == "sae" and world > len(cfg.saes):
+        raise UsageError(
+            f"--parallel sae gives each of the {world} processes its own SAEs, but the run has {len(cfg.saes)}: "
+            f"train more SAEs, use fewer processes, or use --parallel data"
+        )
     store = ActivationStore(cfg.store)
     hook = store.resolve_hook(cfg.hook)
     d_in = store.d_model(hook)
@@ -111,18 +118,20 @@ def fit(
         total_var = float((stats["var"] > 0).sum())  # every varying dimension has unit variance
     else:
         total_var = float(stats["var"].sum()) * (normalizer.scale**2 if cfg.normalization == "scalar" else 1.0)
+    # --parallel sae: every process reads the whole batches, as one process would.
+    shards = (rank, world) if cfg.parallel == "data" else (0, 1)
     loader = ShuffledLoader(
         store,
         hook,
         LoaderConfig(
-            batch_size=cfg.batch_size // world,
+            batch_size=cfg.batch_size // shards[1],
             buffer_bytes=cfg.buffer_bytes,
             seed=cfg.data_seed,
             rank_mode=cfg.rank_data,
         ),
         normalizer=normalizer,
-        rank=rank,
-        world_size=world,
+        rank=shards[0],
+        world_size=shards[1],
     )
     meta = {
         "store": store.loc.display,

@@ -45,6 +45,7 @@ from osae.train.checkpoint import (
     save_state,
 )
 from osae.train.config import SAESpec, TrainConfig
+from osae.train.optimizers import after_step, averaged, freeze_rows_, latent_state_keys, make_optimizer
 from osae.train.run_dir import RUN_STATE
 from osae.train.stop import StopRequest
 
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 # Checkpoints by time as well as by steps, so a kill never costs much work whatever --checkpoint-every says:
 FIRST_CHECKPOINT_S = 120.0  # the first one after about two minutes of training,
 CHECKPOINT_INTERVAL_S = 600.0  # then at least every ten minutes.
+NONFINITE_STREAK = 20  # non-finite losses in a row after which --nonfinite skip stops: the run has diverged
 
 
 @dataclass
@@ -66,11 +68,15 @@ class Member:
     generator: torch.Generator
     directory: Path
     frozen_copy: dict = field(default_factory=dict)
+    nonfinite: int = 0  # micro-batches skipped for a non-finite loss
+    nonfinite_streak: int = 0
     acc: dict = field(default_factory=lambda: {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None})
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.optimizer.endswith("-sf"):  # schedule-free: its averaging replaces the decay
+        return warm
     frac = step / max(1, cfg.n_steps)
     if cfg.lr_schedule == "cosine":
         return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
@@ -95,7 +101,8 @@ class Trainer:
     """`Trainer(cfg, batches, d_in=..., normalizer=..., meta=...).run()`; osae.train.fit builds it from a store.
 
     `batches` is a ResumableBatches (the store's ShuffledLoader, or TensorBatches in memory); its state goes
-    into every checkpoint. `collective` joins the processes that each hold a slice of every batch."""
+    into every checkpoint. `collective` joins the run's processes: under `cfg.parallel` data each holds a
+    slice of every batch, under sae each holds every batch and trains its share of the SAEs."""
 
     def __init__(
         self,
@@ -118,8 +125,13 @@ class Trainer:
         self.cfg, self.batches, self.meta = cfg, batches, meta
         self.d_in, self.normalizer = d_in, normalizer
         self.device = device or torch.device("cpu")
-        self.collective = collective
+        self.collective = collective  # every process of the run (signals, clock, checkpoints)
         self.rank, self.world = collective.rank, collective.world
+        # data: each process holds a slice of every batch, and every SAE step reduces over them.
+        # sae: each process holds whole batches and trains its own share of the SAEs, alone.
+        self.parallel = cfg.parallel if collective.world > 1 else "data"
+        self.batch_collective = collective if self.parallel == "data" else SINGLE
+        self.writes_saes = self.rank == 0 or self.parallel == "sae"
         self.progress = progress
         self.first_checkpoint_s, self.checkpoint_interval_s = first_checkpoint_s, checkpoint_interval_s
         self.checkpointed = False  # has this run a checkpoint yet (set by restore and checkpoint)
@@ -128,7 +140,11 @@ class Trainer:
         self.out = Path(cfg.out)
         self.step = 0
         self.skipped = 0
-        self.members = [self._member(spec, init_rows) for spec in cfg.saes]
+        self.loss_divisor = 1.0  # the FVU loss scaling's divisor of the current batch
+        owned = cfg.saes if self.parallel == "data" else cfg.saes[self.rank :: self.world]
+        self.members = [self._member(spec, init_rows) for spec in owned]
+        if self.parallel == "sae":
+            log.info("process %d of %d trains %s", self.rank, self.world, ", ".join(s.name for s in owned))
         use_bf16 = cfg.autocast == "bf16" or (cfg.autocast == "auto" and self.device.type == "cuda")
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
@@ -143,8 +159,8 @@ class Trainer:
                 sae.b_dec.copy_(center)
         sae.to(self.device).train()
         names = {id(p): n for n, p in sae.named_parameters()}
-        opt = torch.optim.Adam(
-            sae.parameters(), lr=spec.resolved_lr(), betas=self.cfg.adam_betas, eps=self.cfg.adam_eps
+        opt = make_optimizer(
+            self.cfg.optimizer, sae.parameters(), self.cfg.lr_of(spec), self.cfg.adam_betas, self.cfg.adam_eps
         )
         gen = torch.Generator(device=self.device).manual_seed(spec.seed)
         return Member(
@@ -159,47 +175,79 @@ class Trainer:
 
     # -- state --------------------------------------------------------------------------------
     def checkpoint(self, final: bool = False) -> None:
-        if self.rank != 0:
+        """Write every SAE's state, then the run state that names that step, then drop older states. Under
+        --parallel sae each process writes the SAEs it owns; the run state follows once all have."""
+        if not self.writes_saes and self.parallel == "data":
             return
+        error = None
+        if self.writes_saes:
+            try:
+                self._write_saes(final)
+            except (OSError, CheckpointError) as exc:
+                error = exc
+        if self.parallel == "sae":  # no run state names a step that some process could not write
+            failed = int(self.collective.max(torch.tensor([int(error is not None)])))
+            if failed and error is None:
+                error = CheckpointError(
+                    f"another process could not write its SAEs at step {self.step}; the previous checkpoint "
+                    f"is intact: see its message, then run the same command again"
+                )
+        if error is not None:
+            self._raise_checkpoint_error(error)
         try:
-            for m in self.members:
-                meta = {
-                    **self.meta,
+            if self.rank == 0:
+                state = {
                     "step": self.step,
-                    "tokens_seen": self.step * self.cfg.batch_size,
-                    "seed": m.spec.seed,
-                    "lr": m.spec.resolved_lr(),
-                    "normalization": self.normalizer.to_dict(),
-                    "final": final,
+                    "skipped_batches": self.skipped,
+                    "finished": final,
+                    "loader": self.batches.state(),
                 }
-                save_frozen(m.sae, m.directory, meta)
-                tensors, opt_meta = optimizer_tensors(m.opt, m.names)
-                tensors = {
-                    **{f"opt.{k}": v for k, v in tensors.items()},
-                    **{f"sae.{k}": v.detach().cpu() for k, v in m.sae.state_dict().items()},
-                    "since_fired": m.since_fired.cpu(),
-                    "generator": m.generator.get_state(),
-                }
-                save_state(m.directory, self.step, tensors, {"optimizer": opt_meta, "step": self.step})
-            state = {
-                "step": self.step,
-                "skipped_batches": self.skipped,
-                "finished": final,
-                "loader": self.batches.state(),
-            }
-            tmp = self.out / (RUN_STATE + ".tmp")
-            tmp.write_text(json.dumps(state, indent=1))
-            os.replace(tmp, self.out / RUN_STATE)
+                tmp = self.out / (RUN_STATE + ".tmp")
+                tmp.write_text(json.dumps(state, indent=1))
+                os.replace(tmp, self.out / RUN_STATE)
+            if self.parallel == "sae":
+                barrier(self.world)
             for m in self.members:
                 prune_states(m.directory, self.step)
             faults.reached("fit-checkpoint")
         except OSError as exc:
-            if disk_full(exc):
-                raise CheckpointError(
-                    f"disk full while checkpointing step {self.step} in {self.out}; the previous "
-                    f"checkpoint is intact: free space and run `osae fit --resume {self.out}`"
-                ) from None
-            raise
+            self._raise_checkpoint_error(exc)
+
+    def _raise_checkpoint_error(self, exc: Exception) -> None:
+        if isinstance(exc, OSError) and disk_full(exc):
+            raise CheckpointError(
+                f"disk full while checkpointing step {self.step} in {self.out}; the previous "
+                f"checkpoint is intact: free space and run `osae fit --resume {self.out}`"
+            ) from None
+        raise exc
+
+    def _write_saes(self, final: bool) -> None:
+        diverged = [m.spec.name for m in self.members if not all(bool(p.isfinite().all()) for p in m.sae.parameters())]
+        if diverged:  # never written: the previous checkpoint stays the one to resume
+            raise CheckpointError(
+                f"{diverged[0]}: its weights are not finite at step {self.step}; nothing was written and the "
+                f"previous checkpoint is intact: lower the learning rate and start again with --overwrite"
+            )
+        for m in self.members:
+            meta = {
+                **self.meta,
+                "step": self.step,
+                "tokens_seen": self.step * self.cfg.batch_size,
+                "seed": m.spec.seed,
+                "lr": self.cfg.lr_of(m.spec),
+                "normalization": self.normalizer.to_dict(),
+                "final": final,
+            }
+            with averaged(m.opt, m.sae):  # schedule-free: the averaged iterate is the SAE to use
+                save_frozen(m.sae, m.directory, meta)
+            tensors, opt_meta = optimizer_tensors(m.opt, m.names)
+            tensors = {
+                **{f"opt.{k}": v for k, v in tensors.items()},
+                **{f"sae.{k}": v.detach().cpu() for k, v in m.sae.state_dict().items()},
+                "since_fired": m.since_fired.cpu(),
+                "generator": m.generator.get_state(),
+            }
+            save_state(m.directory, self.step, tensors, {"optimizer": opt_meta, "step": self.step})
 
     def restore(self) -> dict:
         """Load every SAE's state and the batches' position at the run's last checkpoint; returns the run state."""
@@ -248,6 +296,7 @@ class Trainer:
                 x = next(it).to(self.device, non_blocking=True)
                 if not self._finite(x):
                     continue
+                self.loss_divisor = self._batch_variance(x) if cfg.loss_scale == "fvu" else 1.0
                 for m in self.members:
                     self._train_step(m, x)
                 self.step += 1
@@ -265,8 +314,15 @@ class Trainer:
             "steps": self.step,
             "tokens": self.step * cfg.batch_size,
             "skipped_batches": self.skipped,
-            "saes": [str(m.directory) for m in self.members],
+            "saes": [str(self.out / s.name) for s in cfg.saes],
         }
+
+    def _batch_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """E ||x - mean||^2 per token over the whole batch (every process's slice): the FVU loss's divisor."""
+        c = self.batch_collective
+        n = c.world * len(x)
+        mean = c.sum(x.sum(0)) / n
+        return (c.sum(((x - mean) ** 2).sum()) / n).clamp_min(1e-12)
 
     def _finite(self, x: torch.Tensor) -> bool:
         """False for a batch to skip (--nonfinite skip); raises for --nonfinite stop."""
@@ -276,13 +332,36 @@ class Trainer:
             raise UsageError(
                 f"batch {self.step} holds NaN or Inf activations; run `osae store verify`, or pass --nonfinite skip"
             )
-        if self.world > 1:
+        if self.batch_collective.world > 1:
             raise UsageError(
                 "a batch holds NaN or Inf activations; several processes cannot skip it consistently: "
                 "run `osae store verify` and train on a clean store"
             )
         self.skipped += 1
         log.warning("skipping batch %d: NaN or Inf activations (%d skipped so far)", self.step, self.skipped)
+        return False
+
+    def _loss_finite(self, m: Member, loss: torch.Tensor) -> bool:
+        """False for a micro-batch whose loss is NaN or Inf on any process (every process skips it: no
+        gradient reaches the weights); raises under --nonfinite stop, or when the loss stays non-finite."""
+        bad = int(self.batch_collective.max(torch.tensor([0 if bool(torch.isfinite(loss.detach())) else 1])))
+        if not bad:
+            m.nonfinite_streak = 0
+            return True
+        m.nonfinite += 1
+        m.nonfinite_streak += 1
+        where = f"{m.spec.name}: the loss is not finite at step {self.step}"
+        if self.cfg.nonfinite == "stop":
+            raise UsageError(
+                f"{where} (--nonfinite stop); the last checkpoint is intact: lower the learning rate and "
+                f"start again with --overwrite, or pass --nonfinite skip"
+            )
+        if m.nonfinite_streak >= NONFINITE_STREAK:
+            raise UsageError(
+                f"{where}, and was for the last {NONFINITE_STREAK} batches: training has diverged; the last "
+                f"checkpoint is intact: lower the learning rate and start again with --overwrite"
+            )
+        log.warning("%s: skipped (%d such batches so far)", where, m.nonfinite)
         return False
 
     def _checkpoint_if_due(self, stop: StopRequest) -> None:
@@ -306,21 +385,21 @@ class Trainer:
     def _train_step(self, m: Member, x: torch.Tensor) -> None:
         cfg, sae, step = self.cfg, m.sae, self.step
         dead = m.since_fired >= cfg.dead_window
-        ctx = StepContext(step=step, dead_F=dead, generator=m.generator, collective=self.collective)
+        c = self.batch_collective
+        ctx = StepContext(step=step, dead_F=dead, generator=m.generator, collective=c)
         with self.autocast():
             out = sae(x, ctx)
-        loss = out.loss
-        if not torch.isfinite(loss):
-            raise UsageError(
-                f"{m.spec.name}: the loss became {float(loss)} at step {step}; lower the learning rate "
-                f"(the last checkpoint is intact)"
-            )
+        loss = out.loss / self.loss_divisor
+        if not self._loss_finite(m, loss):
+            if (step + 1) % cfg.accum_steps == 0:
+                self._update(m, step)  # the window's other micro-batches still count
+            return
         (loss / cfg.accum_steps).backward()
         with torch.no_grad():
-            sae.update_statistics({k: self.collective.reduce(v, op) for k, (op, v) in out.stats.items()}, step)
+            sae.update_statistics({k: c.reduce(v, op) for k, (op, v) in out.stats.items()}, step)
             code, F = out.code, sae.cfg.d_sae
-            fired = self.collective.max(code.fired(F))
-            m.since_fired += x.shape[0] * self.world
+            fired = c.max(code.fired(F))
+            m.since_fired += x.shape[0] * c.world
             m.since_fired[fired] = 0
             sse = ((out.recon.float() - x) ** 2).sum()
             l0 = code.l0().float().sum()
@@ -336,7 +415,7 @@ class Trainer:
 
     def _update(self, m: Member, step: int) -> None:
         cfg, sae = self.cfg, m.sae
-        self.collective.mean_grads_(sae.parameters())
+        self.batch_collective.mean_grads_(sae.parameters())
         sae.remove_parallel_grad_()
         f = sae.frozen_units(step)
         if f:
@@ -349,31 +428,30 @@ class Trainer:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         for g in m.opt.param_groups:
-            g["lr"] = m.spec.resolved_lr() * lr_factor(step, cfg)
+            g["lr"] = cfg.lr_of(m.spec) * lr_factor(step, cfg)
         m.opt.step()
         m.opt.zero_grad(set_to_none=True)
         sae.normalize_decoder_()
+        after_step(m.opt, sae.W_dec)
         if f:
-            # Adam's moments would keep moving a zero-gradient unit: restore the values (after the
-            # renormalisation, which would nudge them by rounding) and clear the moments.
+            # The optimizer's state would keep moving a zero-gradient unit: restore the values (after the
+            # renormalisation, which would nudge them by rounding) and pin the state's rows to them.
             with torch.no_grad():
                 for name, p in (("W_enc", sae.W_enc), ("b_enc", sae.b_enc), ("W_dec", sae.W_dec)):
                     p[:f] = frozen[name]
-                    st = m.opt.state.get(p, {})
-                    for key in ("exp_avg", "exp_avg_sq"):
-                        if key in st:
-                            st[key][:f] = 0
+                    freeze_rows_(m.opt, p, f)
         perm = sae.permutation_due(range(step + 1 - cfg.accum_steps, step + 1))
         if perm is not None:
             self.reorder(m, perm)
 
     def _whole_batch_sums(self, acc: dict) -> dict:
         """The metric sums of every process's slices (each process holds only its own)."""
-        if self.world == 1 or acc["fires"] is None:
+        c = self.batch_collective
+        if c.world == 1 or acc["fires"] is None:
             return acc
-        scalars = self.collective.sum(torch.tensor([acc["loss"], acc["sse"], acc["l0"], acc["n"]], dtype=torch.float64))
+        scalars = c.sum(torch.tensor([acc["loss"], acc["sse"], acc["l0"], acc["n"]], dtype=torch.float64))
         loss, sse, l0, n = scalars.tolist()
-        return {"loss": loss, "sse": sse, "l0": l0, "n": int(n), "fires": self.collective.sum(acc["fires"])}
+        return {"loss": loss, "sse": sse, "l0": l0, "n": int(n), "fires": c.sum(acc["fires"])}
 
     @torch.no_grad()
     def reorder(self, m: Member, perm: torch.Tensor) -> None:
@@ -381,7 +459,7 @@ class Trainer:
         m.sae.permute_(perm)
         for p in (m.sae.W_enc, m.sae.b_enc, m.sae.W_dec):
             st = m.opt.state.get(p, {})
-            for key in ("exp_avg", "exp_avg_sq"):
+            for key in latent_state_keys(m.opt):
                 if key in st:
                     st[key].copy_(st[key][perm])
         m.since_fired.copy_(m.since_fired[perm])
@@ -389,7 +467,7 @@ class Trainer:
     def _log_metrics(self, rate: float) -> None:
         for m in self.members:
             a = self._whole_batch_sums(m.acc)
-            if not a["n"] or self.rank != 0:
+            if not a["n"] or not self.writes_saes:
                 m.acc = {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None}
                 continue
             line = {
@@ -404,6 +482,7 @@ class Trainer:
                 "dense_fraction": float((a["fires"].float() / a["n"] > 0.1).float().mean()),
                 "lr": m.opt.param_groups[0]["lr"],
                 "tokens_per_s": rate,
+                "nonfinite_skipped": m.nonfinite,
             }
             m.directory.mkdir(parents=True, exist_ok=True)
             with open(m.directory / "metrics.jsonl", "a") as f:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from osae.train.architectures import ARCHITECTURES, build
-from osae.train.architectures.base import DenseCode, SparseCode, batch_topk_code, topk_code
+from osae.train.architectures.codes import DenseCode, SparseCode
+from osae.train.architectures.selection import batch_topk_code, topk_code
 
 D, K, B = 6, 20, 9
 
@@ -99,3 +100,12 @@ def test_dense_codes_keep_their_gradient():
     assert out.code.dense(K).requires_grad
     out.loss.backward()
     assert sae.W_enc.grad is not None
+
+
+@pytest.mark.parametrize("layout", ["padded", "flat"])
+def test_nested_decodes_equal_the_decodes_of_each_truncated_prefix(layout):
+    sparse = _sparse_codes()[layout]
+    W = torch.randn(K, D, dtype=torch.float64)
+    widths = [1, 4, 7, 15, K]  # the first band may be empty on some tokens
+    for w, got in zip(widths, sparse.decode_nested(W, widths)):
+        torch.testing.assert_close(got, sparse.truncated(w).decode_with(W))

@@ -34,17 +34,18 @@ SAES = [
 ]
 
 RUN = (
-    "import json, sys\nfrom osae.train.config import TrainConfig\nfrom osae.train.fit import fit\n"
+    "import json, logging, sys\nfrom osae.train.config import TrainConfig\nfrom osae.train.fit import fit\n"
+    "logging.basicConfig(level=logging.INFO)\n"
     "fit(TrainConfig.from_dict(json.loads(open(sys.argv[1]).read())), progress=False)\n"
 )
 
 
-def _train(tmp_path, toy_store, name, processes):
+def _train(tmp_path, toy_store, name, processes, saes=SAES, **options):
     # A short dead window, so that AuxK acts within the run; accumulation exercises statistics between updates.
     cfg = TrainConfig(
         store=str(toy_store),
         out=str(tmp_path / name),
-        saes=SAES,
+        saes=saes,
         tokens=256 * 24,
         batch_size=256,
         accum_steps=2,
@@ -53,6 +54,7 @@ def _train(tmp_path, toy_store, name, processes):
         log_every=4,
         buffer_bytes=2**20,
         dead_window_tokens=768,
+        **options,
     )
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg.to_dict()))
     (tmp_path / "run.py").write_text(RUN)
@@ -65,6 +67,7 @@ def _train(tmp_path, toy_store, name, processes):
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    (tmp_path / f"{name}.log").write_text(done.stderr)
     return tmp_path / name
 
 
@@ -88,3 +91,22 @@ def test_two_processes_train_every_architecture_as_one(toy, tmp_path):  # noqa: 
     hybrid = load_file(str(one / "hybridorder-K32-kNA-s0" / "sae.safetensors"))
     # Reorders are due at micro-batches 11 and 22, inside the accumulated updates ending at 11 and 23 (the last).
     assert bool((hybrid["freq_ema"][:-1] >= hybrid["freq_ema"][1:]).all())
+
+
+def test_sae_parallel_processes_each_train_their_share_exactly_as_one_process(toy, tmp_path):  # noqa: F811
+    """--parallel sae: each process reads whole batches and trains every second SAE alone; the SAEs, their
+    metrics and the run state are those of the one-process run (SAEs do not interact)."""
+    saes = [SAES[0], SAES[1], SAES[4]]  # topk, batchtopk, osae with its k warm-up and unit sweeping
+    one = _train(tmp_path, toy, "one", 1, saes=saes)
+    two = _train(tmp_path, toy, "two", 2, saes=saes, parallel="sae")
+    for spec in saes:
+        a, b = (load_file(str(run / spec.name / "sae.safetensors")) for run in (one, two))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7, msg=f"{spec.name} {key}")
+        lines = [(run / spec.name / "metrics.jsonl").read_text().splitlines() for run in (one, two)]
+        assert [json.loads(l)["step"] for l in lines[0]] == [json.loads(l)["step"] for l in lines[1]]
+        assert len(list((two / spec.name / "state").iterdir())) == 1  # older states pruned by their owner
+    assert json.loads((two / "run_state.json").read_text())["step"] == 24
+    log = (tmp_path / "two.log").read_text()
+    assert f"process 0 of 2 trains {saes[0].name}, {saes[2].name}" in log
+    assert f"process 1 of 2 trains {saes[1].name}" in log

@@ -61,7 +61,7 @@ def test_settings_parse_into_the_architecture_config_with_d_in_unbound():
 @pytest.mark.parametrize(
     "arch, values, pattern",
     [
-        ("topk", {"kk": 3}, r"unknown topk setting 'kk'; valid: d_sae, k, aux_k_coef, aux_k$"),
+        ("topk", {"kk": 3}, r"unknown topk setting 'kk'; valid: d_sae, k, aux_k_coef, aux_k, k_init, k_warmup_steps$"),
         ("relu", {"prefix_law": "zipf"}, r"unknown relu setting 'prefix_law'; valid: d_sae, k, .*l1_coef"),
         ("topk", {"k": "3"}, r"topk: k must be an integer; got '3'"),
         ("topk", {"d_sae": 8, "k": 9}, r"topk: k=9 is larger than the dictionary size 8"),
@@ -82,7 +82,7 @@ def test_names_and_lr_come_from_the_typed_config():
     assert SAESpec("osae", 0).name == "osae-K4096-k32-s0"  # the defaults, as before
     assert SAESpec("relu", 1, {"d_sae": 24, "k": 5}).name == "relu-K24-kNA-s1"
     assert SAESpec("hybridorder", 0, {"d_sae": 64}).name == "hybridorder-K64-kNA-s0"
-    assert SAESpec("topk", 0, {"d_sae": 2**14}).resolved_lr() == pytest.approx(2e-4)
+    assert SAESpec("topk", 0, {"d_sae": 2**14}).resolved_lr("adam") == pytest.approx(1e-3)
 
 
 def test_a_spec_records_every_setting_and_builds_its_config_at_the_store_width():

@@ -47,6 +47,7 @@ def test_osae_recovers_the_ordered_ground_truth_and_batchtopk_does_not_order_it(
             batch_size=1024,
             normalization="none",
             lr_warmup_steps=50,
+            optimizer="adam",  # the paper's protocol
             checkpoint_every=10**9,
             log_every=200,
             buffer_bytes=2**26,

@@ -106,11 +106,12 @@ def test_resume_with_changed_arguments_is_refused(toy, tmp_path):
         fit(_cfg(toy, tmp_path / "r", specs, tokens=256 * 20), progress=False)
 
 
-def test_unit_sweeping_freezes_exactly_the_scheduled_units(toy, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "signum-sf"])
+def test_unit_sweeping_freezes_exactly_the_scheduled_units(toy, tmp_path, optimizer):
     from osae.train import trainer as T
 
     spec = SAESpec("osae", 0, {"d_sae": 32, "k": 3, "sweep_start": 10, "sweep_every": 5}, lr=1e-2)
-    cfg = _cfg(toy, tmp_path / "s", [spec], tokens=256 * 30, checkpoint_every=1000)
+    cfg = _cfg(toy, tmp_path / "s", [spec], tokens=256 * 30, checkpoint_every=1000, optimizer=optimizer)
 
     frozen_seen = []
     orig = T.Trainer._update
@@ -122,6 +123,8 @@ def test_unit_sweeping_freezes_exactly_the_scheduled_units(toy, tmp_path):
         if f:
             assert torch.equal(m.sae.W_dec.detach()[:f], w[:f]), step
             assert not torch.equal(m.sae.W_dec.detach()[f:], w[f:])
+            if optimizer == "signum-sf":  # the averaged SAE that is saved stays put too
+                assert torch.equal(m.opt.state[m.sae.W_dec]["x"][:f], w[:f]), step
         frozen_seen.append(f)
 
     T.Trainer._update = spy
@@ -164,8 +167,9 @@ def test_hybridorder_reorder_commutes_with_training():
     torch.testing.assert_close(got.b_enc.detach()[inv], ref.b_enc.detach(), rtol=1e-10, atol=1e-10)
 
 
-def test_nonfinite_batches_are_skipped_or_stop_and_no_nan_is_written(tmp_path):
-    path = tmp_path / "nan.zarr"
+def _store_with(path, bad_rows, value: float) -> Path:
+    """4096 random rows of width 8 with `value` written into `bad_rows` (NaN: bad activations; 1e30: finite
+    rows whose squared error overflows float32, a non-finite loss)."""
     w = StoreWriter.create(
         path,
         hooks={"h": hook_spec(0, 8, "float32")},
@@ -174,9 +178,14 @@ def test_nonfinite_batches_are_skipped_or_stop_and_no_nan_is_written(tmp_path):
         split={"rule": "explicit-chunks", "eval_chunks": [15]},
     )
     x = np.random.default_rng(0).standard_normal((4096, 8)).astype(np.float32)
-    x[1000:1256, 3] = np.nan
+    x[bad_rows] = value
     w.write({"h": x})
     w.close()
+    return path
+
+
+def test_nonfinite_batches_are_skipped_or_stop_and_no_nan_is_written(tmp_path):
+    path = _store_with(tmp_path / "nan.zarr", (slice(1000, 1256), 3), np.nan)
     run = dict(
         store=str(path),
         saes=[SAESpec("topk", 0, {"d_sae": 16, "k": 2})],
@@ -192,6 +201,70 @@ def test_nonfinite_batches_are_skipped_or_stop_and_no_nan_is_written(tmp_path):
         assert torch.isfinite(t).all()
     with pytest.raises(ValueError, match="NaN or Inf"):
         fit(TrainConfig(out=str(tmp_path / "stop"), nonfinite="stop", **run), progress=False)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "signum-sf"])
+def test_a_nonfinite_loss_is_skipped_or_stops_under_any_optimizer_and_no_nan_is_written(tmp_path, optimizer):
+    run = dict(
+        saes=[SAESpec("topk", 0, {"d_sae": 16, "k": 2})],
+        tokens=256 * 14,
+        batch_size=256,
+        buffer_bytes=256 * 8 * 4 * 4,
+        normalization="none",
+        b_dec_init="zero",
+        log_every=14,
+        optimizer=optimizer,
+    )
+    store = str(_store_with(tmp_path / "few.zarr", slice(1000, 1004), 1e30))
+    fit(TrainConfig(store=store, out=str(tmp_path / "skip"), **run), progress=False)
+    sae_dir = tmp_path / "skip" / "topk-K16-k2-s0"
+    line = json.loads((sae_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["nonfinite_skipped"] >= 1 and line["step"] == 14
+    for t in load_file(str(sae_dir / "sae.safetensors")).values():
+        assert torch.isfinite(t).all()
+    with pytest.raises(ValueError, match=r"loss is not finite at step \d+ \(--nonfinite stop\)"):
+        fit(TrainConfig(store=store, out=str(tmp_path / "stop"), nonfinite="stop", **run), progress=False)
+    store = str(_store_with(tmp_path / "all.zarr", slice(None), 1e30))
+    with pytest.raises(ValueError, match="for the last 20 batches: training has diverged"):
+        fit(TrainConfig(store=store, out=str(tmp_path / "diverged"), **{**run, "tokens": 256 * 30}), progress=False)
+
+
+def test_schedule_free_signum_trains_and_saves_its_averaged_unit_norm_sae(toy, tmp_path):
+    specs = [SAESpec("topk", 0, {"d_sae": 32, "k": 3})]
+    fit(_cfg(toy, tmp_path / "sf", specs, optimizer="signum-sf", tokens=256 * 60, checkpoint_every=25), progress=False)
+    sae_dir = tmp_path / "sf" / "topk-K32-k3-s0"
+    lines = [json.loads(l) for l in (sae_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["fvu"] < 0.5 * lines[0]["fvu"]
+    assert lines[-1]["lr"] == pytest.approx(5e-3 / (32 / 2**14) ** 0.5)  # no decay: schedule-free
+    saved = load_file(str(sae_dir / "sae.safetensors"))
+    torch.testing.assert_close(saved["W_dec"].norm(dim=1), torch.ones(32))
+    state = sorted((sae_dir / "state").iterdir())[-1]
+    tensors = load_file(str(state / "tensors.safetensors"))
+    # the saved SAE is the average x (renormalised), not the parameters y that gradients were taken at
+    x = tensors["opt.W_enc.x"]
+    assert torch.equal(saved["W_enc"], x) and not torch.equal(saved["W_enc"], tensors["sae.W_enc"])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "signum-sf"])
+def test_the_fvu_loss_scaling_divides_by_the_batch_variance(toy, tmp_path, optimizer):
+    specs = [SAESpec("topk", 0, {"d_sae": 32, "k": 3}, lr=1e-3)]
+    runs = {}
+    for scale in ("mse", "fvu"):
+        fit(_cfg(toy, tmp_path / scale, specs, loss_scale=scale, optimizer=optimizer), progress=False)
+        runs[scale] = [json.loads(l) for l in (tmp_path / scale / "topk-K32-k3-s0" / "metrics.jsonl").open()]
+    first_mse, first_fvu = runs["mse"][0], runs["fvu"][0]
+    # the same first batches (same weights until the first update): the losses differ by the batch variance
+    ratio = first_mse["loss"] / first_fvu["loss"]
+    assert (
+        0.5 * first_mse["sse_per_token"] / first_mse["fvu"] < ratio < 2 * first_mse["sse_per_token"] / first_mse["fvu"]
+    )
+    if optimizer == "signum-sf":  # sign descent ignores a positive scale of the gradient: the same SAE
+        mse, fvu = (_weights(tmp_path / scale)["topk-K32-k3-s0"] for scale in ("mse", "fvu"))
+        for key in mse:
+            torch.testing.assert_close(fvu[key], mse[key], rtol=1e-5, atol=1e-6, msg=key)
+    else:  # Adam is invariant to a constant scale; the batch variance is nearly constant
+        assert runs["fvu"][-1]["fvu"] == pytest.approx(runs["mse"][-1]["fvu"], rel=0.05)
+        assert runs["fvu"][-1]["fvu"] < 0.9 * first_fvu["fvu"]
 
 
 def test_bad_settings_are_refused(toy, tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,168 +19,8 @@ from torch import nn
 
 from osae.distributed import SINGLE, Collective
 from osae.errors import UsageError
-
-
-class Code(Protocol):
-    """The code of a batch of B tokens, whatever its layout: `SparseCode` (TopK, BatchTopK, OSAE, ...) or
-    `DenseCode` (ReLU, HybridOrder). Callers use only these methods, so no caller asks which one it has.
-    A latent is active on a token when its value is > 0. Per-latent results are (F,) with F = d_sae."""
-
-    def __len__(self) -> int:
-        """B, the number of tokens."""
-        ...
-
-    def dense(self, d_sae: int) -> torch.Tensor:
-        """The (B, F) activations."""
-        ...
-
-    def columns(self, lo: int, hi: int) -> torch.Tensor:
-        """(B, hi - lo) activations of latents lo..hi-1, without building the whole dense code."""
-        ...
-
-    def l0(self) -> torch.Tensor:
-        """Active latents per token (B,), long."""
-        ...
-
-    def l1(self) -> torch.Tensor:
-        """Sum of |z| per token (B,)."""
-        ...
-
-    def fired(self, d_sae: int) -> torch.Tensor:
-        """Bool (F,): latents active on at least one token."""
-        ...
-
-    def fire_counts(self, d_sae: int) -> torch.Tensor:
-        """Long (F,): tokens each latent is active on."""
-        ...
-
-    def sum_sq(self, d_sae: int) -> torch.Tensor:
-        """Float64 (F,): sum over tokens of z_j^2 (float64 so that long evaluations do not lose digits)."""
-        ...
-
-    def truncated(self, upto: int) -> Code:
-        """The same code with only latents of index < upto kept (a prefix of the dictionary)."""
-        ...
-
-    def decode_with(self, W_FD: torch.Tensor) -> torch.Tensor:
-        """(B, D): sum_j z_j W_FD[j] per token (the decoder without its bias)."""
-        ...
-
-
-@dataclass
-class SparseCode:
-    """Active latents per token: `idx`, `vals` of shape (B, N) (zeros are padding), or flat (nnz,) with
-    `offsets` (B,) marking where each token's entries start (variable counts, as BatchTopK gives).
-    Implements `Code`."""
-
-    idx: torch.Tensor
-    vals: torch.Tensor
-    offsets: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.idx.shape[0]) if self.offsets is None else len(self.offsets)
-
-    def dense(self, d_sae: int) -> torch.Tensor:
-        if self.offsets is None:
-            return torch.zeros(self.idx.shape[0], d_sae, dtype=self.vals.dtype, device=self.vals.device).scatter_(
-                1, self.idx, self.vals
-            )
-        rows = self.rows()
-        out = torch.zeros(len(self.offsets), d_sae, dtype=self.vals.dtype, device=self.vals.device)
-        out[rows, self.idx] = self.vals
-        return out
-
-    def rows(self) -> torch.Tensor:
-        """Token index of every entry, in the layout of `idx` ((B, N) padded or (nnz,) flat)."""
-        if self.offsets is None:
-            return torch.arange(self.idx.shape[0], device=self.idx.device)[:, None].expand_as(self.idx)
-        counts = torch.diff(self.offsets, append=torch.tensor([len(self.idx)], device=self.offsets.device))
-        return torch.repeat_interleave(torch.arange(len(self.offsets), device=self.idx.device), counts)
-
-    def columns(self, lo: int, hi: int) -> torch.Tensor:
-        out = torch.zeros(len(self), hi - lo, dtype=self.vals.dtype, device=self.vals.device)
-        keep = (self.idx >= lo) & (self.idx < hi)
-        out[self.rows()[keep], self.idx[keep] - lo] = self.vals[keep]
-        return out
-
-    def _per_token(self, v: torch.Tensor) -> torch.Tensor:
-        """Sum of the entry values `v` (laid out as `idx`) over each token's entries."""
-        if self.offsets is None:
-            return v.sum(1)
-        return torch.zeros(len(self), dtype=v.dtype, device=v.device).index_add_(0, self.rows(), v)
-
-    def l0(self) -> torch.Tensor:
-        return self._per_token((self.vals > 0).long())
-
-    def l1(self) -> torch.Tensor:
-        return self._per_token(self.vals.abs())
-
-    def fired(self, d_sae: int) -> torch.Tensor:
-        mask = torch.zeros(d_sae, dtype=torch.bool, device=self.idx.device)
-        mask[self.idx[self.vals > 0]] = True
-        return mask
-
-    def fire_counts(self, d_sae: int) -> torch.Tensor:
-        return torch.bincount(self.idx[self.vals > 0], minlength=d_sae)
-
-    def sum_sq(self, d_sae: int) -> torch.Tensor:
-        sq = self.vals.detach().double().reshape(-1) ** 2  # padding slots hold 0 and add nothing
-        return torch.zeros(d_sae, dtype=torch.float64, device=self.vals.device).index_add_(0, self.idx.reshape(-1), sq)
-
-    def truncated(self, upto: int) -> SparseCode:
-        return SparseCode(self.idx, self.vals * (self.idx < upto), self.offsets)
-
-    def decode_with(self, W_FD: torch.Tensor) -> torch.Tensor:
-        # embedding_bag gathers only the active rows of W: the (B, F) code is never built
-        if self.offsets is None:
-            return F.embedding_bag(self.idx, W_FD, per_sample_weights=self.vals, mode="sum")
-        return F.embedding_bag(self.idx, W_FD, self.offsets, per_sample_weights=self.vals, mode="sum")
-
-
-@dataclass
-class DenseCode:
-    """A (B, F') code held as its dense activations `z` (ReLU-style SAEs, where most entries may be
-    non-zero). F' < d_sae after `truncated`: the missing latents are zero. Implements `Code`."""
-
-    z: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.z.shape[0])
-
-    def _pad(self, v_F: torch.Tensor, d_sae: int) -> torch.Tensor:
-        """A per-latent (F',) result widened to (d_sae,) with zeros for the truncated latents."""
-        if len(v_F) >= d_sae:
-            return v_F[:d_sae]
-        return torch.cat([v_F, v_F.new_zeros(d_sae - len(v_F))])
-
-    def dense(self, d_sae: int) -> torch.Tensor:
-        if self.z.shape[1] >= d_sae:
-            return self.z[:, :d_sae]
-        return torch.cat([self.z, self.z.new_zeros(len(self.z), d_sae - self.z.shape[1])], 1)
-
-    def columns(self, lo: int, hi: int) -> torch.Tensor:
-        return self.dense(hi)[:, lo:hi]
-
-    def l0(self) -> torch.Tensor:
-        return (self.z > 0).sum(1)
-
-    def l1(self) -> torch.Tensor:
-        return self.z.abs().sum(1)
-
-    def fired(self, d_sae: int) -> torch.Tensor:
-        return self._pad((self.z > 0).any(0), d_sae)
-
-    def fire_counts(self, d_sae: int) -> torch.Tensor:
-        return self._pad((self.z > 0).sum(0), d_sae)
-
-    def sum_sq(self, d_sae: int) -> torch.Tensor:
-        return self._pad((self.z.detach().double() ** 2).sum(0), d_sae)
-
-    def truncated(self, upto: int) -> DenseCode:
-        return DenseCode(self.z[:, :upto])  # narrower, so decoding multiplies only the kept columns
-
-    def decode_with(self, W_FD: torch.Tensor) -> torch.Tensor:
-        return self.z @ W_FD[: self.z.shape[1]]
+from osae.train.architectures.codes import Code
+from osae.train.architectures.selection import PreActs, topk_among
 
 
 @dataclass
@@ -206,7 +46,6 @@ class ForwardOutput:
     recon: torch.Tensor
     code: Code
     losses: dict[str, torch.Tensor]
-    pre: torch.Tensor | None = None
     stats: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
@@ -289,6 +128,31 @@ class SAEConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+@dataclass
+class KWarmupConfig(SAEConfig):
+    """An architecture whose training k starts larger and falls linearly to k (TopK, OSAE)."""
+
+    k_init: int | None = None
+    """First k of the warm-up (None: d_sae); equal to k turns the warm-up off."""
+    k_warmup_steps: int = 0
+    """Steps of the linear warm-up from k_init down to k."""
+    step_settings: ClassVar[dict] = {"k_warmup_steps": None}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k_init is not None and not self.k <= self.k_init <= self.d_sae:
+            raise UsageError(f"k_init must be in [k={self.k}, d_sae={self.d_sae}]; got {self.k_init}")
+        if self.k_warmup_steps < 0:
+            raise UsageError(f"k_warmup_steps must be at least 0; got {self.k_warmup_steps}")
+
+    def k_at(self, step: int) -> int:
+        """The training k at `step`: round(k_init - (k_init - k) step / W) during the warm-up, then k."""
+        k0 = self.k_init if self.k_init is not None else self.d_sae
+        if self.k_warmup_steps <= 0 or step >= self.k_warmup_steps or k0 == self.k:
+            return self.k
+        return int(round(k0 - (k0 - self.k) * step / self.k_warmup_steps))
+
+
 class SAE(nn.Module):
     """Parameters, encoder matmul, sparse decode and the decoder-norm constraint. Architectures subclass it."""
 
@@ -312,6 +176,10 @@ class SAE(nn.Module):
     # -- encoder / decoder --------------------------------------------------------------------
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
         return F.linear(x_BD - self.b_dec, self.W_enc, self.b_enc)
+
+    def train_pre_acts(self, x_BD: torch.Tensor) -> PreActs:
+        """Pre-activations for a training forward whose code keeps chosen entries (sparse backward)."""
+        return PreActs.of(x_BD, self.W_enc, self.b_enc, self.b_dec)
 
     def encode(self, x_BD: torch.Tensor) -> Code:
         """Inference-mode code (what evaluation uses)."""
@@ -378,53 +246,17 @@ class SAE(nn.Module):
             self.b_enc /= s
 
 
-def topk_code(pre_BF: torch.Tensor, k: int) -> SparseCode:
-    """Per-token TopK of ReLU(pre)."""
-    vals, idx = torch.topk(pre_BF, k, dim=1, sorted=False)
-    return SparseCode(idx, vals.clamp_min(0))
-
-
-def batch_topk_code(pre_BF: torch.Tensor, k: int, collective: Collective = SINGLE) -> SparseCode:
-    """The k * B largest ReLU'd entries of the whole batch (B over every process), in flat form."""
-    B, Fd = pre_BF.shape
-    flat = pre_BF.reshape(-1)
-    n_keep = k * B * collective.world  # over the whole batch
-    vals, pos = torch.topk(flat, min(n_keep, flat.numel()), sorted=False)
-    if collective.world > 1:
-        # The whole batch's n_keep-th largest value is among the union of every slice's n_keep largest.
-        with torch.no_grad():
-            candidates = collective.cat(vals.detach())
-            theta = torch.topk(candidates, min(n_keep, candidates.numel()), sorted=False).values.min()
-        keep = vals >= theta
-        vals, pos = vals[keep], pos[keep]
-    pos, order = torch.sort(pos)
-    vals = vals[order].clamp_min(0)
-    rows, idx = pos // Fd, pos % Fd
-    counts = torch.bincount(rows, minlength=B)
-    offsets = torch.cumsum(counts, 0) - counts
-    return SparseCode(idx, vals, offsets)
-
-
-def threshold_code(pre_BF: torch.Tensor, theta: float) -> SparseCode:
-    """Every latent whose pre-activation exceeds theta (BatchTopK inference), in flat form."""
-    mask = pre_BF > max(theta, 0.0)
-    rows, idx = mask.nonzero(as_tuple=True)
-    counts = mask.sum(1)
-    offsets = torch.cumsum(counts, 0) - counts
-    return SparseCode(idx, pre_BF[rows, idx], offsets)
-
-
 def aux_k_loss(
     sae: SAE,
     x_BD: torch.Tensor,
     recon_BD: torch.Tensor,
-    pre_BF: torch.Tensor,
+    pre: torch.Tensor | PreActs,
     dead_F: torch.Tensor | None,
     collective: Collective = SINGLE,
 ) -> torch.Tensor:
     """AuxK (methods.md 2.2): the dead latents' top-k_aux reconstruction of the detached residual, without
     b_dec, normalised by the residual's total variance over the whole batch (every process's slice)."""
-    zero = pre_BF.new_zeros(())
+    zero = x_BD.new_zeros(())
     if dead_F is None or sae.cfg.aux_k_coef == 0:
         return zero
     n_dead = int(dead_F.sum())
@@ -432,8 +264,7 @@ def aux_k_loss(
         return zero
     k_aux = min(sae.cfg.aux_k or sae.cfg.d_in // 2, n_dead)
     e = (x_BD - recon_BD).detach()
-    dead_pre = pre_BF.masked_fill(~dead_F, float("-inf"))
-    code = topk_code(dead_pre, k_aux)
+    code = topk_among(pre, k_aux, dead_F)
     e_hat = sae.decode(code, bias=False)
     with torch.no_grad():
         n = collective.world * len(e)

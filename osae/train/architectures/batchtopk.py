@@ -13,16 +13,9 @@ from typing import ClassVar
 import torch
 
 from osae.distributed import SINGLE, Collective
-from osae.train.architectures.base import (
-    SAE,
-    ForwardOutput,
-    SAEConfig,
-    SparseCode,
-    StepContext,
-    aux_k_loss,
-    batch_topk_code,
-    threshold_code,
-)
+from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, StepContext, aux_k_loss
+from osae.train.architectures.codes import SparseCode
+from osae.train.architectures.selection import PreActs, batch_topk_code, threshold_code
 
 ARCHITECTURE = "batchtopk"
 
@@ -50,19 +43,19 @@ class BatchTopKSAE(SAE):
             return batch_topk_code(pre, self.cfg.k)
         return threshold_code(pre, float(self.threshold))
 
-    def train_code(self, pre_BF: torch.Tensor, collective: Collective = SINGLE) -> SparseCode:
+    def train_code(self, pre_BF: torch.Tensor | PreActs, collective: Collective = SINGLE) -> SparseCode:
         return batch_topk_code(pre_BF, self.cfg.k, collective)
 
     def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
         ctx = ctx or StepContext()
-        pre = self.pre_acts(x_BD)
+        pre = self.train_pre_acts(x_BD)
         code = self.train_code(pre, ctx.collective)
         recon = self.decode(code)
         losses = {
             "mse": ((recon - x_BD) ** 2).sum(1).mean(),
             "auxk": aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective),
         }
-        return ForwardOutput(recon, code, losses, pre, stats=self.threshold_stats(code))
+        return ForwardOutput(recon, code, losses, stats=self.threshold_stats(code))
 
     @torch.no_grad()
     def threshold_stats(self, code: SparseCode) -> dict[str, tuple[str, torch.Tensor]]:

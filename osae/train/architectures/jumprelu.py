@@ -13,7 +13,8 @@ from typing import ClassVar
 import torch
 
 from osae.errors import UsageError
-from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, SparseCode, StepContext
+from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, StepContext
+from osae.train.architectures.codes import SparseCode
 
 ARCHITECTURE = "jumprelu"
 

@@ -18,8 +18,9 @@ import torch
 
 from osae.distributed import SINGLE
 from osae.errors import UsageError
-from osae.train.architectures.base import ForwardOutput, StepContext, aux_k_loss, topk_code
+from osae.train.architectures.base import ForwardOutput, StepContext, aux_k_loss
 from osae.train.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
+from osae.train.architectures.selection import topk_code
 from osae.train.prefix import default_widths, sample_boundaries
 
 ARCHITECTURE = "matryoshka"
@@ -103,19 +104,16 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
         ctx = ctx or StepContext()
-        pre = self.pre_acts(x_BD)
+        pre = self.train_pre_acts(x_BD)
         code = self.train_code(pre, ctx.collective)
         widths, weights = self.levels(ctx.step)
-        level_losses = []
-        recon = None
-        for w in widths:
-            recon_w = self.decode(code, upto=w if w < self.cfg.d_sae else None)
-            level_losses.append(((recon_w - x_BD) ** 2).sum(1).mean())
-            recon = recon_w
-        mse = sum(float(c) * l for c, l in zip(weights, level_losses))
+        r = x_BD - self.b_dec
+        prefixes = code.decode_nested(self.W_dec, widths)  # each entry decoded once, in its band
+        mse = sum(float(c) * ((r - p) ** 2).sum(1).mean() for c, p in zip(weights, prefixes))
+        recon = prefixes[-1] + self.b_dec
         losses = {"mse": mse, "auxk": aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective)}
         stats = self.threshold_stats(code) if self.cfg.selection == "batch" else {}
-        return ForwardOutput(recon, code, losses, pre, stats=stats)
+        return ForwardOutput(recon, code, losses, stats=stats)
 
     def update_statistics(self, stats, step: int) -> None:
         if "min_kept" in stats:

@@ -19,7 +19,9 @@ from typing import ClassVar
 import torch
 
 from osae.errors import UsageError
-from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, SparseCode, StepContext, aux_k_loss, topk_code
+from osae.train.architectures.base import SAE, ForwardOutput, KWarmupConfig, StepContext, aux_k_loss
+from osae.train.architectures.codes import SparseCode
+from osae.train.architectures.selection import topk_code
 from osae.train.ordered_loss import ordered_loss_dense, ordered_loss_sparse
 from osae.train.prefix import LAWS, inclusion_weights
 
@@ -27,7 +29,7 @@ ARCHITECTURE = "osae"
 
 
 @dataclass
-class OrderedConfig(SAEConfig):
+class OrderedConfig(KWarmupConfig):
     prefix_law: str = "uniform"
     """Prefix-length law p_ND: uniform, geometric, zipf, piecewise, matryoshka-marginal or custom."""
     prefix_rho: float = 0.999
@@ -42,10 +44,6 @@ class OrderedConfig(SAEConfig):
     """custom: the pmf over 1..d_sae."""
     estimator: str = "exact"
     """exact (closed form over all prefixes) or sample (one prefix per token, the paper's form)."""
-    k_init: int | None = None
-    """First k of the warm-up (None: d_sae); equal to k turns the warm-up off."""
-    k_warmup_steps: int = 0
-    """Steps of the linear warm-up from k_init down to k."""
     step_settings: ClassVar[dict] = {"k_warmup_steps": None, "sweep_start": None}
     sweep_start: int | None = None
     """Step at which unit sweeping starts (None: no sweeping)."""
@@ -58,8 +56,6 @@ class OrderedConfig(SAEConfig):
             raise UsageError(f"prefix_law must be one of {LAWS}; got {self.prefix_law!r}")
         if self.estimator not in ("exact", "sample"):
             raise UsageError(f"estimator must be exact or sample; got {self.estimator!r}")
-        if self.k_init is not None and not self.k <= self.k_init <= self.d_sae:
-            raise UsageError(f"k_init must be in [k={self.k}, d_sae={self.d_sae}]; got {self.k_init}")
         if self.sweep_every <= 0:
             raise UsageError(f"sweep_every must be positive; got {self.sweep_every}")
 
@@ -83,11 +79,7 @@ class OrderedSAE(SAE):
 
     # -- schedules --------------------------------------------------------------------------------
     def k_at(self, step: int) -> int:
-        cfg = self.cfg
-        k0 = cfg.k_init if cfg.k_init is not None else cfg.d_sae
-        if cfg.k_warmup_steps <= 0 or step >= cfg.k_warmup_steps or k0 == cfg.k:
-            return cfg.k
-        return int(round(k0 - (k0 - cfg.k) * step / cfg.k_warmup_steps))
+        return self.cfg.k_at(step)
 
     def frozen_units(self, step: int) -> int:
         cfg = self.cfg
@@ -114,7 +106,7 @@ class OrderedSAE(SAE):
 
     def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
         ctx = ctx or StepContext()
-        pre = self.pre_acts(x_BD)
+        pre = self.train_pre_acts(x_BD)
         k = self.k_at(ctx.step)
         r = x_BD - self.b_dec
         pi = self.effective_pi(self.frozen_units(ctx.step))
@@ -124,7 +116,8 @@ class OrderedSAE(SAE):
             # Every process draws the whole batch's uniforms and keeps its slice: any process count, one stream.
             c, b = ctx.collective, len(x_BD)
             u = torch.rand(b * c.world, generator=ctx.generator, device=x_BD.device)[c.rank * b : (c.rank + 1) * b]
-            L = (pi[None, :] > u[:, None]).sum(1)
+            # pi is non-increasing: the count of pi_j > u is K minus the count of pi_j <= u in ascending order
+            L = len(pi) - torch.searchsorted(pi.flip(0).contiguous(), u, right=True)
             kept = SparseCode(code.idx, code.vals * (code.idx < L[:, None]))
             nd = ((r - self.decode(kept, bias=False)) ** 2).sum(1).mean()
         elif 8 * k > self.cfg.d_sae:
@@ -134,4 +127,4 @@ class OrderedSAE(SAE):
             nd = ordered_loss_sparse(r, code.vals, code.idx, self.W_dec, pi).mean()
         recon = self.decode(code)
         auxk = aux_k_loss(self, x_BD, recon, pre, ctx.dead_F, ctx.collective)
-        return ForwardOutput(recon, code, {"nd": nd, "auxk": auxk}, pre)
+        return ForwardOutput(recon, code, {"nd": nd, "auxk": auxk})

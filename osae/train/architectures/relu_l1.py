@@ -10,7 +10,8 @@ from typing import ClassVar
 
 import torch
 
-from osae.train.architectures.base import SAE, DenseCode, ForwardOutput, SAEConfig, StepContext
+from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, StepContext
+from osae.train.architectures.codes import DenseCode
 
 ARCHITECTURE = "relu"
 

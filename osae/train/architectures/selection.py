@@ -1,0 +1,179 @@
+"""Choosing the active latents of a batch, with a backward that touches only the chosen entries.
+
+A TopK-style SAE keeps k of F pre-activations per token. Autograd through `topk(W_enc x + b_enc)` stores
+the dense (B, F) graph and, in the backward, scatters the k gradients of each token into a dense (B, F)
+matrix and multiplies it twice (for W_enc and for x - b_dec): two dense B x F x D matmuls of which all but
+k/F of the entries are zeros. Here the training forward computes the dense pre-activations once without a
+graph (`PreActs`); the chosen entries' values then come from `PreActs.take`, whose backward is
+
+    dW_enc[j] = sum over chosen (b, j) of g_bj (x_b - b_dec)     (one sparse (F x B) @ (B x D) product)
+    db_enc[j] = sum over chosen (b, j) of g_bj
+    d(x_b - b_dec) = sum over chosen (b, j) of g_bj W_enc[j]     (an embedding_bag, as the decoder uses)
+
+so the backward costs O(B k D) instead of O(B F D). The selections give exactly the entries of
+`torch.topk` (ties aside) and are also used on plain tensors (inference, which needs no backward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from osae.distributed import SINGLE, Collective
+from osae.train.architectures.codes import SparseCode
+
+# Above this share of chosen entries per token (an OSAE k warm-up from K), a dense backward is cheaper.
+DENSE_BACKWARD_SHARE = 1 / 8
+# BatchTopK: sample size of the threshold estimate, and the margin kept above the estimated count.
+THRESHOLD_SAMPLE = 1 << 16
+THRESHOLD_MARGIN = 1.25
+
+
+class _ChosenPreActs(torch.autograd.Function):
+    """Values of chosen entries of pre = xc W^T + b, given precomputed; backward over those entries only.
+
+    `idx` (B, N) chosen latents per token, or flat (nnz,) grouped by token with `offsets` (B,)."""
+
+    @staticmethod
+    def forward(ctx, xc_BD, W_FD, b_F, idx, offsets, vals):
+        ctx.save_for_backward(xc_BD, W_FD, idx, offsets)
+        return vals.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        xc, W, idx, offsets = ctx.saved_tensors
+        g = g.to(xc.dtype).contiguous()
+        flat_idx, flat_g = idx.reshape(-1), g.reshape(-1)
+        d_xc = d_W = d_b = None
+        if ctx.needs_input_grad[0]:
+            if idx.dim() == 1:
+                d_xc = F.embedding_bag(idx, W, offsets, per_sample_weights=g, mode="sum")
+            else:
+                d_xc = F.embedding_bag(idx, W, per_sample_weights=g, mode="sum")
+        if ctx.needs_input_grad[1]:
+            rows = _entry_rows(idx, offsets, len(xc))
+            G = torch.sparse_coo_tensor(
+                torch.stack([flat_idx, rows]), flat_g, (W.shape[0], len(xc)), check_invariants=False
+            )
+            d_W = torch.sparse.mm(G, xc)
+        if ctx.needs_input_grad[2]:
+            d_b = torch.zeros(W.shape[0], dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
+        return d_xc, d_W, d_b, None, None, None
+
+
+def _entry_rows(idx: torch.Tensor, offsets: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """Token of every entry, flat: from the (B, N) layout, or from the offsets of the flat one."""
+    if idx.dim() == 2:
+        return torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
+    counts = torch.diff(offsets, append=offsets.new_tensor([len(idx)]))
+    return torch.repeat_interleave(torch.arange(n_tokens, device=idx.device), counts)
+
+
+@dataclass
+class PreActs:
+    """A training batch's pre-activations: `dense` (B, F) computed without a graph (in the matmul's dtype,
+    bfloat16 under autocast), and what `take` needs to give chosen entries a sparse backward."""
+
+    dense: torch.Tensor
+    xc: torch.Tensor  # x - b_dec, with its graph
+    W: torch.Tensor
+    b: torch.Tensor
+
+    @classmethod
+    def of(cls, x_BD: torch.Tensor, W_FD: torch.Tensor, b_F: torch.Tensor, b_dec_D: torch.Tensor) -> PreActs:
+        xc = x_BD - b_dec_D
+        with torch.no_grad():
+            dense = F.linear(xc, W_FD, b_F)
+        return cls(dense, xc, W_FD, b_F)
+
+    def take(self, idx: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Float values of the entries `idx` ((B, N), or flat with `offsets`), differentiable sparsely."""
+        if offsets is None and idx.shape[1] > DENSE_BACKWARD_SHARE * self.dense.shape[1]:
+            # nearly dense codes: autograd's dense backward is cheaper (one more matmul, with a graph)
+            return F.linear(self.xc, self.W, self.b).gather(1, idx).to(self.xc.dtype)
+        if offsets is None:
+            vals = self.dense.gather(1, idx)
+        else:
+            vals = self.dense[_entry_rows(idx, offsets, len(self.dense)), idx]
+        empty = idx.new_zeros(0) if offsets is None else offsets
+        return _ChosenPreActs.apply(self.xc, self.W, self.b, idx, empty, vals.to(self.xc.dtype))
+
+
+def _dense(pre: torch.Tensor | PreActs) -> torch.Tensor:
+    return pre.dense if isinstance(pre, PreActs) else pre
+
+
+def _values(pre: torch.Tensor | PreActs, idx: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(pre, PreActs):
+        return pre.take(idx, offsets)
+    if offsets is None:
+        return pre.gather(1, idx)
+    return pre[_entry_rows(idx, offsets, len(pre)), idx]
+
+
+def topk_code(pre: torch.Tensor | PreActs, k: int) -> SparseCode:
+    """Per-token TopK of ReLU(pre)."""
+    with torch.no_grad():
+        idx = torch.topk(_dense(pre), k, dim=1, sorted=False).indices
+    return SparseCode(idx, _values(pre, idx).clamp_min(0))
+
+
+def topk_among(pre: torch.Tensor | PreActs, k: int, allowed_F: torch.Tensor) -> SparseCode:
+    """Per-token TopK of ReLU(pre) among the latents `allowed_F` (bool, F) only (AuxK's dead latents)."""
+    with torch.no_grad():
+        dense = _dense(pre)
+        columns = allowed_F.nonzero().squeeze(1)
+        if len(columns) * 4 < allowed_F.numel():  # few: choose within the gathered columns
+            idx = columns[torch.topk(dense[:, columns], k, dim=1, sorted=False).indices]
+        else:
+            idx = torch.topk(dense.masked_fill(~allowed_F, float("-inf")), k, dim=1, sorted=False).indices
+    return SparseCode(idx, _values(pre, idx).clamp_min(0))
+
+
+def _largest_positions(flat: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Positions of the n_keep largest entries of `flat`, in no order: the entries above a threshold
+    estimated from a strided sample (with a margin), then an exact top-n_keep among those; a plain topk if
+    the estimate kept too few."""
+    n = flat.numel()
+    if n_keep >= n:
+        return torch.arange(n, device=flat.device)
+    stride = max(1, n // THRESHOLD_SAMPLE) | 1  # odd: the sample does not sit on a few latents of a 2^n F
+    sample = flat[::stride]
+    m = min(len(sample), int(THRESHOLD_MARGIN * n_keep * len(sample) / n) + 64)
+    if m < len(sample):
+        theta = torch.topk(sample, m, sorted=False).values.min()
+        candidates = (flat >= theta).nonzero().squeeze(1)
+        if len(candidates) >= n_keep:
+            return candidates[torch.topk(flat[candidates], n_keep, sorted=False).indices]
+    return torch.topk(flat, n_keep, sorted=False).indices
+
+
+def batch_topk_code(pre: torch.Tensor | PreActs, k: int, collective: Collective = SINGLE) -> SparseCode:
+    """The k * B largest ReLU'd entries of the whole batch (B over every process), in flat form."""
+    with torch.no_grad():
+        dense = _dense(pre)
+        B, Fd = dense.shape
+        flat = dense.reshape(-1)
+        n_keep = min(k * B * collective.world, flat.numel())  # over the whole batch
+        pos = _largest_positions(flat, n_keep)
+        if collective.world > 1:
+            # The whole batch's n_keep-th largest value is among the union of every slice's n_keep largest.
+            candidates = collective.cat(flat[pos].float())
+            theta = torch.topk(candidates, min(n_keep, candidates.numel()), sorted=False).values.min()
+            pos = pos[flat[pos] >= theta.to(flat.dtype)]
+        pos = torch.sort(pos).values
+        rows, idx = pos // Fd, pos % Fd
+        counts = torch.bincount(rows, minlength=B)
+        offsets = torch.cumsum(counts, 0) - counts
+    return SparseCode(idx, _values(pre, idx, offsets).clamp_min(0), offsets)
+
+
+def threshold_code(pre_BF: torch.Tensor, theta: float) -> SparseCode:
+    """Every latent whose pre-activation exceeds theta (BatchTopK inference), in flat form."""
+    mask = pre_BF > max(theta, 0.0)
+    rows, idx = mask.nonzero(as_tuple=True)
+    counts = mask.sum(1)
+    offsets = torch.cumsum(counts, 0) - counts
+    return SparseCode(idx, pre_BF[rows, idx], offsets)

@@ -1,0 +1,119 @@
+"""The optimizers `osae fit --optimizer` offers, and what the trainer asks of them.
+
+`adam`: torch's Adam. `signum-sf`: sign descent under schedule-free averaging (Defazio et al. 2024, "The
+Road Less Scheduled"; sparsify's default). `adam-sf`: the paper's schedule-free Adam, whose base step
+divides by the root of an EMA of squared gradients (beta2, bias-corrected) instead of taking the sign.
+Schedule-free keeps two sequences per parameter:
+
+    z_{t+1} = z_t - lr_t sign(g_t)     or     z_t - lr_t g_t / (sqrt(v_t) + eps)     (the base steps)
+    x_{t+1} = (1 - c_t) x_t + c_t z_{t+1},  c_t = lr_t^2 / sum_{s<=t} lr_s^2     (their weighted average)
+
+and evaluates gradients at y = beta x + (1 - beta) z, which the module's parameters hold while training. The
+SAE that is saved for use is x. Atoms stay unit-norm: the trainer renormalises y's decoder rows after each
+step, `after_step` renormalises z's, and `averaged` renormalises x's when it is lent to the module.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+OPTIMIZERS = ("adam", "signum-sf", "adam-sf")
+
+
+class ScheduleFree(torch.optim.Optimizer):
+    """Schedule-free averaging over sign steps (`rms=False`) or RMS-normalised steps (`rms=True`, with
+    beta2 and eps); the parameters hold y (see the module docstring)."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.95, rms: bool = False, beta2=0.999, eps=1e-8):
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1); got {momentum}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_sum": 0.0, "steps": 0})
+        self.rms, self.beta2, self.eps = rms, beta2, eps
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, beta = group["lr"], group["momentum"]
+            group["weight_sum"] += lr**2
+            group["steps"] += 1
+            c = lr**2 / group["weight_sum"] if group["weight_sum"] > 0 else 0.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["z"], st["x"] = p.detach().clone(), p.detach().clone()
+                    if self.rms:
+                        st["v"] = torch.zeros_like(p)
+                z, x = st["z"], st["x"]
+                if self.rms:
+                    st["v"].mul_(self.beta2).addcmul_(p.grad, p.grad, value=1 - self.beta2)
+                    denom = (st["v"] / (1 - self.beta2 ** group["steps"])).sqrt_().add_(self.eps)
+                    z.addcdiv_(p.grad, denom, value=-lr)
+                else:
+                    z.add_(p.grad.sign(), alpha=-lr)
+                x.lerp_(z, c)
+                p.copy_(x).lerp_(z, 1 - beta)
+
+
+def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], eps: float) -> torch.optim.Optimizer:
+    if name in ("signum-sf", "adam-sf"):
+        return ScheduleFree(params, lr, rms=name == "adam-sf", beta2=betas[1], eps=eps)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+
+
+def default_lr(name: str, d_sae: int) -> float:
+    """The learning rate where none is given, scaled with the dictionary as 1/sqrt(d_sae)."""
+    # signum-sf: sparsify's rule, measured best among 5e-3..4e-2 at K=4096. adam: five times dictionary_learning's
+    # 2e-4, measured better at K=4096 and 16384 with at most 3% dead (docs/fit.md). adam-sf: measured at K=4096.
+    base = {"signum-sf": 5e-3, "adam-sf": 4e-3}.get(name, 1e-3)
+    return base / (d_sae / 2**14) ** 0.5
+
+
+def after_step(opt: torch.optim.Optimizer, W_dec: torch.nn.Parameter) -> None:
+    """Keep the optimizer's own copies of the atoms on the unit sphere, as the module's are."""
+    if isinstance(opt, ScheduleFree) and W_dec in opt.state:
+        z = opt.state[W_dec]["z"]
+        z /= z.norm(dim=1, keepdim=True) + 1e-12
+
+
+@contextmanager
+def averaged(opt: torch.optim.Optimizer, module: torch.nn.Module):
+    """The module holds the parameters to use (schedule-free: x, atoms renormalised) inside the block."""
+    if not isinstance(opt, ScheduleFree) or not opt.state:
+        yield
+        return
+    held = {}
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p in opt.state:
+                held[name] = p.detach().clone()
+                p.copy_(opt.state[p]["x"])
+        if "W_dec" in held:
+            module.W_dec /= module.W_dec.norm(dim=1, keepdim=True) + 1e-12
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if name in held:
+                    p.copy_(held[name])
+
+
+def freeze_rows_(opt: torch.optim.Optimizer, p: torch.nn.Parameter, f: int) -> None:
+    """Pin the first f rows of p's optimizer state to p's (restored) rows: Adam's moments cleared,
+    schedule-free's z and x set to the value (so y = x = z stays put) and its v cleared."""
+    st = opt.state.get(p, {})
+    for key in ("exp_avg", "exp_avg_sq", "v"):
+        if key in st:
+            st[key][:f] = 0
+    for key in ("z", "x"):
+        if key in st:
+            st[key][:f] = p[:f]
+
+
+def latent_state_keys(opt: torch.optim.Optimizer) -> tuple[str, ...]:
+    """Per-parameter state that is indexed like the parameter (moved with a latent permutation)."""
+    return ("z", "x", "v") if isinstance(opt, ScheduleFree) else ("exp_avg", "exp_avg_sq")
