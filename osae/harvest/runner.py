@@ -255,19 +255,27 @@ def _forward_rows(
     return out
 
 
+@dataclass
+class _RanOut:
+    """The dataset held only `n_windows` windows: every range from here on ends at that window."""
+
+    n_windows: int
+
+
 def _window_batches(windows: Iterator[np.ndarray], wanted: Iterator[tuple[int, int]], batch_size: int):
-    """Yield lists of (window index, window) for the ascending window ranges in `wanted`."""
+    """Yield lists of (window index, window) for the ascending window ranges in `wanted`; each range ends
+    with None, or, once the dataset has run out, with a `_RanOut` (after the windows it still had)."""
     index = -1
     pending: list[tuple[int, np.ndarray]] = []
     for lo, hi in wanted:
         for w in range(lo, hi):
             while index < w:
-                try:
-                    window = next(windows)
-                except StopIteration:
-                    raise UsageError(
-                        f"the dataset ran out after {index + 1} windows; ask for fewer --tokens or give more text"
-                    ) from None
+                window = next(windows, None)
+                if window is None:
+                    if pending:
+                        yield pending
+                    while True:  # every later range is empty too
+                        yield _RanOut(index + 1)
                 index += 1
             pending.append((w, window))
             if len(pending) == batch_size:
@@ -319,16 +327,25 @@ def _run_packed(
     with _closing(bar), capture(lm.model, points) as store_cache:
         for j in range(n_rounds):
             k = first + j * world + rank
-            payload = None
+            result = (None, None)
             if k < n_shards:
-                payload = _compute_shard(
+                result = _compute_shard(
                     k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, sink
                 )
-            payloads = [p for p in gather(payload, world) if p is not None]
-            if rank == 0:
-                done = min(plan.total_rows, (first + (j + 1) * world) * S)
-                writer.commit_shards(done, payloads)
+            gathered = gather(result, world)
+            # Every rank reads the same windows, so all see the dataset end at the same row.
+            ends = [end for _, end in gathered if end is not None]
+            end = min(ends, default=plan.total_rows)
+            done = min(end, (first + (j + 1) * world) * S)
+            if rank == 0 and done > writer.committed:
+                writer.commit_shards(done, [p for p, _ in gathered if p is not None and p.shard * S < done])
                 bar.update(done - bar.n)
+            if ends:
+                if rank == 0:
+                    log.warning(
+                        "the dataset ran out after %d tokens (asked for %d); the store holds those", end, cfg.tokens
+                    )
+                return
 
 
 class _closing:
@@ -348,14 +365,21 @@ class _closing:
 
 def _compute_shard(
     k, S, R, plan, cfg, lm, points, batches, store_cache, store_dtype, has_bos, sink: ShardSink
-) -> ShardPayload:
+) -> tuple[ShardPayload | None, int | None]:
+    """Shard k's rows, written through `sink`: (its payload, None), or, where the dataset ran out, (the payload
+    of the rows it still had or None, the number of rows the dataset holds)."""
     lo, hi = k * S, min((k + 1) * S, plan.total_rows)
     w_lo = lo // R
     acts = {p.name: [] for p in points}
     tokens, seq_ids, positions = [], [], []
     contexts, starts = [], []
+    end = None
     while True:
         item = next(batches)
+        if isinstance(item, _RanOut):
+            end = item.n_windows * R
+            hi = min(hi, end)
+            break
         if item is None:
             break
         batch = np.stack([w for _, w in item])
@@ -370,14 +394,17 @@ def _compute_shard(
             if lo <= w * R < hi:  # sequences are recorded by the shard holding their first row
                 starts.append(w * R)
                 contexts.append(window)
+    if hi <= lo:  # the dataset ended before this shard
+        return None, end
     cut = slice(lo - w_lo * R, hi - w_lo * R)
     data = {f"acts/{name}": np.concatenate(v)[cut] for name, v in acts.items()}
     data["tokens"] = np.concatenate(tokens)[cut].astype(np.int32)
     data["seq_id"] = np.concatenate(seq_ids)[cut]
     data["position"] = np.concatenate(positions)[cut].astype(np.int32)
-    return sink.write_shard(
+    payload = sink.write_shard(
         k, data, seq_starts=np.asarray(starts, np.int64), seq_context=np.stack(contexts) if contexts else None
     )
+    return payload, end
 
 
 def _run_document(

@@ -54,7 +54,11 @@ def info_cmd(
         f"(ratio {ratio}, compressor {meta['compressor']})"
     )
     typer.echo(f"layout       chunks of {meta['chunk_rows']} rows, shards of {meta['shard_rows']} rows")
-    typer.echo(f"split        train {meta['split']['train_tokens']:,} / eval {meta['split']['eval_tokens']:,} tokens")
+    split = meta["split"]
+    typer.echo(
+        f"split        train {split['train_tokens']:,} / eval {split['eval_tokens']:,} tokens; "
+        f"{split['straddling_tokens']:,} in sequences across a train/eval boundary, in neither"
+    )
     typer.echo(f"fingerprint  {meta['fingerprint'] or meta.get('fingerprint_error', 'none (no digests)')}")
 
 

@@ -61,7 +61,13 @@ def info(url) -> dict:
         "nbytes_stored": stored,
         "nbytes_total": stored_bytes(store),
         "compression_ratio": (nbytes / stored) if stored else None,
-        "split": {"rule": store.meta["split"], "train_tokens": train.n_rows, "eval_tokens": evals.n_rows},
+        "split": {
+            "rule": store.meta["split"],
+            "train_tokens": train.n_rows,
+            "eval_tokens": evals.n_rows,
+            # Rows of sequences that straddle a train/eval chunk boundary belong to neither (no shared context).
+            "straddling_tokens": store.n_tokens - train.n_rows - evals.n_rows,
+        },
         "ground_truth": store.meta.get("ground_truth"),
         "provenance": prov,
         "created": store.meta.get("created"),

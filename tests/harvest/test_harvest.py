@@ -11,6 +11,7 @@ import torch
 from osae.errors import StoreError
 from osae.harvest import HarvestConfig, harvest
 from osae.store import ActivationStore, store_info, verify_store
+from osae.store.core.split import eval_chunk_mask
 from tests.launch import accelerate_launch
 
 from .tiny import save_tiny_model, text_dir
@@ -255,3 +256,45 @@ def test_bad_input_gets_one_clear_line(models, texts, tmp_path):
     _one_line_error(
         ["harvest", "--model", m, "--dataset", str(jsonl), "--out", out + "2", "--layer", "1"], "no 'text' field"
     )
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_dataset_that_runs_out_finishes_the_store_with_what_it_holds(models, texts, tmp_path, processes):
+    few = text_dir(tmp_path / "few", n_files=1)
+    base = ["--model", str(models["gpt_neox"]), "--dataset", str(few), *HARVEST_ARGS[:2], "--context-size", "32"]
+    base += ["--batch-size", "4", "--tokens", "10000000"]
+    launch = [*accelerate_launch(2), "-m", "osae"] if processes == 2 else [sys.executable, "-m", "osae"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.run(
+            [*launch, "harvest", *base, "--out", str(tmp_path / "s.zarr")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    assert runs[0].returncode == 0 and "ran out after" in runs[0].stderr, runs[0].stderr[-3000:]
+    store = ActivationStore(tmp_path / "s.zarr")
+    assert store.complete and 0 < store.n_tokens < 10_000_000 and store.n_tokens % 31 == 0  # whole windows
+    assert verify_store(tmp_path / "s.zarr")["ok"]
+    split = store_info(tmp_path / "s.zarr")["split"]
+    starts = store.array("sequences/row_start")[:]
+    ends = np.append(starts[1:], store.n_tokens)
+    is_eval = eval_chunk_mask(store.meta["split"], store.n_chunks, store.chunk_rows)
+    mixed = [
+        len(set(is_eval[a // store.chunk_rows : (b - 1) // store.chunk_rows + 1])) > 1 for a, b in zip(starts, ends)
+    ]
+    assert split["straddling_tokens"] == int((ends - starts)[mixed].sum())
+    assert split["train_tokens"] + split["eval_tokens"] + split["straddling_tokens"] == store.n_tokens
+    # The same command again finds the store complete, instead of a store that no command can finish.
+    assert runs[1].returncode == 0 and "already complete" in runs[1].stderr, runs[1].stderr[-3000:]
+    exact = subprocess.run(
+        _cli(*base[:-1], str(store.n_tokens), "--out", str(tmp_path / "exact.zarr")), capture_output=True, text=True
+    )
+    assert exact.returncode == 0, exact.stderr
+    ref = ActivationStore(tmp_path / "exact.zarr")
+    assert ref.n_tokens == store.n_tokens
+    np.testing.assert_array_equal(ref.read_rows("tokens", 0, ref.n_tokens), store.read_rows("tokens", 0, ref.n_tokens))
+    np.testing.assert_array_equal(ref.array("sequences/row_start")[:], store.array("sequences/row_start")[:])
