@@ -136,13 +136,12 @@ def inspect_checkpoint(
     format: str | None = None,
 ) -> dict:
     """Write the latent page of one checkpoint (any format osae.foreign reads); returns what was shown."""
-    from tqdm.auto import tqdm
-
     from osae.evaluate.batches import checkpoint_normalizer
     from osae.evaluate.run import require_matching_store
     from osae.evaluate.top_activations import top_activations
     from osae.foreign import load_any
     from osae.harvest.models import load_tokenizer
+    from osae.progress import progress as progress_bar
     from osae.store import ActivationStore
 
     store = ActivationStore(store_url)
@@ -153,7 +152,7 @@ def inspect_checkpoint(
     model = store.meta.get("provenance", {}).get("model") or {}
     source = tokenizer or model.get("source")
     tok = load_tokenizer(source) if source else None
-    with tqdm(total=max_tokens, desc="inspect", unit="tok", unit_scale=True, disable=None if progress else True) as bar:
+    with progress_bar(max_tokens, "inspect", "tok", enabled=progress, unit_scale=True) as bar:
         found = top_activations(
             sae,
             checkpoint_normalizer(cfg),

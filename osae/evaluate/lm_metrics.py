@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from osae.errors import UsageError
 from osae.harvest.hooks import find_blocks
+from osae.progress import progress as progress_bar
 from osae.store import ActivationStore, Normalizer, split_intervals
 from osae.train.architectures import SAE
 
@@ -108,9 +109,12 @@ def lm_metrics(
     batch: int = 16,
     include_bos: bool = False,
     granularities: list[int] | None = None,
+    progress: bool = False,
+    desc: str = "CE and KL",
 ) -> dict:
     """CE clean / spliced / ablated, CE recovered and KL; with `granularities`, also the CE of the
-    reconstruction from the first G latents of the full code (progressive coding, methods.md 4.9)."""
+    reconstruction from the first G latents of the full code (progressive coding, methods.md 4.9).
+    `progress` shows the passes (3 + len(granularities) spliced forwards per window) as they run."""
     info = store.hooks[hook_name]
     hook, layer = info["hook"], int(info["layer"])
     windows = eval_windows(store, max_tokens)
@@ -121,6 +125,7 @@ def lm_metrics(
     sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "ce_mean": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
     sums.update({f"ce_g{g}": 0.0 for g in grans})
     n = 0
+    bar = progress_bar(len(windows), desc, "seq", enabled=progress)
     for s in range(0, len(windows), batch):
         w = windows[s : s + batch]
         if (w < 0).any():
@@ -145,6 +150,8 @@ def lm_metrics(
             if kind in ("sae", "zero"):
                 sums[f"kl_{kind}"] += _kl_sum(logp_clean, logits)
         n += tgt.numel()
+        bar.update(len(w))
+    bar.close()
     m = {k: v / n for k, v in sums.items()}
     denom = m["ce_zero"] - m["ce_clean"]
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from osae.constants import MIN_EVAL_ROWS
 from osae.errors import CheckpointError, UsageError
@@ -33,6 +32,7 @@ from osae.evaluate.reconstruction import (
 from osae.evaluate.stitching import stitching
 from osae.foreign import detect_format, is_checkpoint, load_any
 from osae.foreign.detect import layout_summary
+from osae.progress import tracked
 from osae.store import ActivationStore, iter_rows, split_intervals, store_fingerprint
 
 log = logging.getLogger(__name__)
@@ -188,9 +188,7 @@ def evaluate(
     gt = store.ground_truth(["dictionary"])  # not the true codes: they can be far larger than the activations
     saes = {}
     figures = {"ea2": {}, "freq": {}, "matchings": {}}  # arrays for the plots, not part of the JSON
-    for name, (sae, cfg, norm) in tqdm(
-        loaded.items(), desc="evaluate SAEs", unit="SAE", disable=None if progress else True
-    ):
+    for name, (sae, cfg, norm) in tracked(loaded.items(), "evaluate SAEs", "SAE", enabled=progress):
         rec = reconstruction_metrics(sae, norm, store, cfg["hook"], max_tokens=max_tokens)
         entry = {k: v for k, v in rec.items() if k not in ("freq", "ea2")}
         figures["ea2"][name] = rec["ea2"]
@@ -216,7 +214,19 @@ def evaluate(
 
             try:
                 grans = default_granularities(sae.cfg.d_sae) if progressive_ce else None
-                entry.update(lm_metrics(lm, sae, norm, store, cfg["hook"], max_tokens=lm_tokens, granularities=grans))
+                entry.update(
+                    lm_metrics(
+                        lm,
+                        sae,
+                        norm,
+                        store,
+                        cfg["hook"],
+                        max_tokens=lm_tokens,
+                        granularities=grans,
+                        progress=progress,
+                        desc=f"CE and KL, {name}",
+                    )
+                )
             except ValueError as exc:
                 entry.update({k: None for k in lm_keys})
                 notes[f"{name}.lm"] = str(exc)
@@ -230,7 +240,7 @@ def evaluate(
     names = sorted(loaded)
     families = {n: seed_family(loaded[n][1]) for n in names}
     chosen = pair_names(loaded, pairs, families)
-    for a, b in tqdm(chosen, desc=f"compare {pairs} pairs", unit="pair", disable=None if progress else True):
+    for a, b in tracked(chosen, f"compare {pairs} pairs", "pair", enabled=progress):
         Da, Db = loaded[a][0].W_dec, loaded[b][0].W_dec
         m = match(Da, Db)
         figures["matchings"].setdefault(a if pairs == "all" else families[a], (m.rows, m.cols, m.cosines))

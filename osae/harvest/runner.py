@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from osae.constants import MIN_EVAL_ROWS
 from osae.distributed import broadcast, gather, init_distributed
@@ -30,6 +29,7 @@ from osae.harvest.hooks import HookPoint, capture, find_blocks, run_to_hooks
 from osae.harvest.models import LoadedModel, load_model
 from osae.harvest.sources import resolve_source
 from osae.harvest.windows import SpecialTokens, iter_windows, stored_positions
+from osae.progress import progress as progress_bar
 from osae.store import (
     ActivationStore,
     ShardPayload,
@@ -315,13 +315,13 @@ def _run_packed(
             yield lo // R, -(-hi // R)
 
     batches = _window_batches(windows, shard_windows(), cfg.batch_size)
-    bar = tqdm(
-        total=plan.total_rows,
+    bar = progress_bar(
+        plan.total_rows,
+        "harvest",
+        "tok",
+        enabled=progress and rank == 0,
         initial=committed,
-        unit="tok",
         unit_scale=True,
-        desc="harvest",
-        disable=None if progress and rank == 0 else True,
         smoothing=0.1,
     )
     with _closing(bar), capture(lm.model, points) as store_cache:
@@ -412,14 +412,7 @@ def _run_document(
 ) -> None:
     """One process: variable rows per window through the buffered writer; resume skips committed rows."""
     skip = writer.committed
-    bar = tqdm(
-        total=cfg.tokens,
-        initial=min(skip, cfg.tokens),
-        unit="tok",
-        unit_scale=True,
-        desc="harvest",
-        disable=None if progress else True,
-    )
+    bar = progress_bar(cfg.tokens, "harvest", "tok", enabled=progress, initial=min(skip, cfg.tokens), unit_scale=True)
     row = 0
     w_index = -1
     with _closing(bar), capture(lm.model, points) as cache:

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import zarr
-from tqdm.auto import tqdm
 
 from osae.constants import ACTS_GROUP, DIGESTS_GROUP, GROUND_TRUTH_GROUP, SEQUENCES_GROUP
+from osae.progress import progress as progress_bar
 from osae.store.core.digest import chunk_digest, fingerprint
 from osae.store.core.layout import row_paths
 from osae.store.core.location import filesystem, join
@@ -99,7 +99,7 @@ class _Verifier:
         for p in set(self.rows) - {p for p, _ in row_arrays}:
             self._unknown_stats(_hook_of(p))  # an absent acts array has no rows to recompute statistics from
         total = sum(_count_chunks(pl) for pl in digests + others) + self.n_chunks * len(row_arrays)
-        bar = tqdm(total=total, unit="chunk", desc="verify", disable=None if progress else True)
+        bar = progress_bar(total, "verify", "chunk", enabled=progress)
         try:
             # Digests first: the row chunks are compared with them as they are read.
             for pl in digests:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from osae.constants import SEQUENCES_GROUP
 from osae.errors import StoreError
+from osae.progress import progress as progress_bar
 from osae.store.core.buffered_writer import StoreWriter
 from osae.store.core.location import filesystem
 from osae.store.core.manifest import row_array_paths, store_fingerprint
@@ -107,7 +107,7 @@ def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, pr
     )
     try:
         step = store.shard_rows
-        bar = tqdm(total=store.n_tokens, unit="tok", unit_scale=True, desc="copy", disable=None if progress else True)
+        bar = progress_bar(store.n_tokens, "copy", "tok", enabled=progress, unit_scale=True)
         if store.has_tokens:
             starts = store.array(f"{SEQUENCES_GROUP}/row_start")[: store.n_sequences]
             ctx = (

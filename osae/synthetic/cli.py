@@ -29,7 +29,10 @@ def toy_cmd(
       osae toy --out small.zarr --d 16 --n-atoms 32 --m 3 --n 50000
     """
     result = write_toy_store(
-        out, ToyConfig(d=d, n_atoms=n_atoms, m=m, n=n, n_eval=n_eval, alpha=alpha, seed=seed), overwrite=overwrite
+        out,
+        ToyConfig(d=d, n_atoms=n_atoms, m=m, n=n, n_eval=n_eval, alpha=alpha, seed=seed),
+        overwrite=overwrite,
+        progress=True,
     )
     typer.echo(
         f"wrote {result['rows']:,} rows to {out} "

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from osae.errors import UsageError
+from osae.progress import progress as progress_bar
 from osae.store import StoreWriter, hook_spec
 from osae.synthetic.sampling import SEED_BLOCK_ROWS, decode, iter_codes, zipf_prior
 
@@ -86,7 +87,9 @@ def toy_rows(cfg: ToyConfig, dictionary: np.ndarray, prior: np.ndarray) -> Itera
             yield decode(indices, values, dictionary), indices, values
 
 
-def write_toy_store(out, cfg: ToyConfig, *, overwrite: bool = False, write_rows: int = SEED_BLOCK_ROWS) -> dict:
+def write_toy_store(
+    out, cfg: ToyConfig, *, overwrite: bool = False, write_rows: int = SEED_BLOCK_ROWS, progress: bool = False
+) -> dict:
     """Write `cfg`'s toy data to the store `out`: the training rows, then the held-out rows (the evaluation split),
     then the ground truth (dictionary, prior, sparse codes). Returns rows, chunk_rows and eval_chunks.
 
@@ -119,9 +122,11 @@ def write_toy_store(out, cfg: ToyConfig, *, overwrite: bool = False, write_rows:
         codes = writer.ground_truth_rows(
             {CODE_INDICES: ((rows, cfg.m), "int32"), CODE_VALUES: ((rows, cfg.m), "float32")}
         )
-        for x, indices, values in _rebatch(toy_rows(cfg, dictionary, prior), write_rows):
-            writer.write({TOY_HOOK: x})
-            codes.write({CODE_INDICES: indices, CODE_VALUES: values})
+        with progress_bar(rows, "toy", "row", enabled=progress, unit_scale=True) as bar:
+            for x, indices, values in _rebatch(toy_rows(cfg, dictionary, prior), write_rows):
+                writer.write({TOY_HOOK: x})
+                codes.write({CODE_INDICES: indices, CODE_VALUES: values})
+                bar.update(len(x))
         codes.close()
         writer.write_ground_truth(
             {"dictionary": dictionary, "prior": prior.astype(np.float32)},

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from osae import faults
 from osae.distributed import SINGLE, Collective, barrier
 from osae.errors import CheckpointError, RunInterrupted, UsageError
+from osae.progress import progress as progress_bar
 from osae.store import Normalizer
 from osae.train.architectures import ARCHITECTURES, SAE
 from osae.train.architectures.base import StepContext
@@ -279,13 +279,13 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         total = cfg.n_steps
-        bar = tqdm(
-            total=total * cfg.batch_size,
+        bar = progress_bar(
+            total * cfg.batch_size,
+            "fit",
+            "tok",
+            enabled=self.progress and self.rank == 0,
             initial=self.step * cfg.batch_size,
-            unit="tok",
             unit_scale=True,
-            desc="fit",
-            disable=None if self.progress and self.rank == 0 else True,
             smoothing=0.05,
         )
         t_last, tokens_last = time.perf_counter(), self.step * cfg.batch_size

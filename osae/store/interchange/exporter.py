@@ -13,9 +13,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from osae.errors import UsageError
+from osae.progress import progress as progress_bar
 from osae.store.core.reader import ActivationStore, to_float32
 
 ST_DTYPES = {"float16": "F16", "float32": "F32", "bfloat16": "BF16", "int32": "I32", "int64": "I64"}
@@ -64,7 +64,7 @@ def export_rows(
             f"--dtype float32 (exact)"
         )
     with_tokens = tokens and store.has_tokens
-    bar = tqdm(total=hi - lo, unit="row", unit_scale=True, desc="export", disable=None if progress else True)
+    bar = progress_bar(hi - lo, "export", "row", enabled=progress, unit_scale=True)
     written = []
     if fmt is not None:
         written.append(

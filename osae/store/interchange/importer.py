@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from osae.constants import DEFAULT_EVAL_FRACTION, MIN_EVAL_ROWS
 from osae.errors import StoreError, UsageError
+from osae.progress import progress as progress_bar
 from osae.store.core.buffered_writer import StoreWriter
 from osae.store.core.digest import file_sha256
 from osae.store.core.format import hook_spec, storage_dtype
@@ -243,9 +243,7 @@ def _copy_rows(
     total = sum(p.rows for p in parts)
     kept = dropped = 0
     source_row = 0
-    bar = tqdm(
-        total=total, initial=skip_source, unit="row", unit_scale=True, desc="import", disable=None if progress else True
-    )
+    bar = progress_bar(total, "import", "row", enabled=progress, initial=skip_source, unit_scale=True)
     for part in parts:
         part_rows = part.rows
         if skip_source >= source_row + part_rows:
