@@ -83,7 +83,21 @@ def test_harvest_and_evaluate_draw_their_bars_in_a_terminal(tmp_path):
         ["harvest", "--layer", "1", "--tokens", "6000", "--context-size", "64", "--out", str(store)], env
     )
     assert re.search(r"harvest: +\d+%\|.*\| [\d.]+k?/6\.0\dk \[\d\d:\d\d<\d\d:\d\d, +[\d.]+[kMG]?tok/s\]", drawn), drawn
-    fit = ["fit", "--store", str(store), "--arch", "topk", "--dict-size", "64", "--k", "4", "--tokens", "4096", "--batch-size", "512"]
+    fit = [
+        "fit",
+        "--store",
+        str(store),
+        "--arch",
+        "topk",
+        "--dict-size",
+        "64",
+        "--k",
+        "4",
+        "--tokens",
+        "4096",
+        "--batch-size",
+        "512",
+    ]
     subprocess.run(
         [sys.executable, "-m", "osae", *fit, "--out", str(tmp_path / "run")], check=True, capture_output=True
     )
