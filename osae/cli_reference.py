@@ -23,7 +23,8 @@ HEADER = """# Command-line reference
 
 Generated from the commands themselves by `python -m osae.cli_reference > docs/cli.md`; a test keeps it
 current. Every command also has `--help`. Exit status: 0 success, 1 the work failed (one line on stderr,
-`OSAE_DEBUG=1` shows the traceback), 2 bad usage.
+`OSAE_DEBUG=1` shows the traceback), 2 bad usage. Long work draws a bar with rate and ETA on a terminal;
+when stderr is a file or a pipe it logs one line every `OSAE_PROGRESS_SECONDS` seconds (default 60) instead.
 """
 
 
