@@ -13,6 +13,19 @@ from osae.errors import UsageError
 FORMAT_HELP = "Checkpoint format: osae, saelens, sparsify or dictionary_learning (default: detected from the files)."
 
 
+SAE_COLUMNS = ("fvu", "l0", "dead_fraction", "ce_loss_recovered", "kl", "power_law_exponent")
+PAIR_COLUMNS = ("stab", "ord")
+
+
+def log_tables(result: dict, tracker) -> None:
+    """The evaluation's tables, one row per SAE and one per pair, to a tracker (osae.tracking)."""
+    rows = [[name, *(m.get(c) for c in SAE_COLUMNS)] for name, m in result["saes"].items()]
+    tracker.log_table("evaluate/saes", ["sae", *SAE_COLUMNS], rows)
+    if result["pairs"]:
+        pairs = [[f"{p['a']} / {p['b']}", *(p.get(c) for c in PAIR_COLUMNS)] for p in result["pairs"]]
+        tracker.log_table("evaluate/pairs", ["pair", *PAIR_COLUMNS], pairs)
+
+
 def _device(name: str) -> str:
     """auto: cuda when available, else cpu (as fit and harvest choose)."""
     if name != "auto":
@@ -45,6 +58,9 @@ def evaluate_cmd(
         "seeds", help="seeds: compare seeds of one configuration; all: every pair of the same width and hook."
     ),
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    log_to: str = typer.Option(
+        None, "--log-to", help="wandb or tensorboard: log the tables of SAEs and pairs (needs --out for its files)."
+    ),
 ) -> None:
     """Reconstruction, CE recovered and KL, power laws, and Stab/Ord between seeds of each configuration
     (or, with --pairs all, between any two SAEs of one hook, from any library).
@@ -54,7 +70,11 @@ def evaluate_cmd(
       osae evaluate runs/osae/osae-K4096-k32-s0 saelens/blocks.8.hook_resid_post --store acts.zarr --pairs all
     """
     from osae.evaluate.run import _json_default, evaluate, public, write_outputs
+    from osae.tracking import check_tracker, open_tracker
 
+    check_tracker(log_to)
+    if log_to and not out:
+        raise UsageError(f"--log-to {log_to} writes its files beside the report: give --out too")
     result = evaluate(
         checkpoints,
         store,
@@ -70,6 +90,12 @@ def evaluate_cmd(
     )
     if out:
         write_outputs(result, Path(out))
+    if log_to:
+        tracker = open_tracker(log_to, Path(out), f"evaluate {Path(out).name}", {"checkpoints": checkpoints})
+        try:
+            log_tables(result, tracker)
+        finally:
+            tracker.close()
     if json_out:
         typer.echo(json.dumps(public(result), indent=1, default=_json_default))
         return
@@ -90,6 +116,9 @@ def permute_cmd(
     out: str = typer.Option(..., "--out", help="New checkpoint directory."),
     tokens: int = typer.Option(1_000_000, help="Calibration tokens."),
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    log_to: str = typer.Option(
+        None, "--log-to", help="wandb or tensorboard: log the tables of SAEs and pairs (needs --out for its files)."
+    ),
 ) -> None:
     """Reorder a trained SAE's latents by importance, as a new frozen checkpoint (reconstructions unchanged).
 
@@ -115,6 +144,9 @@ def inspect_cmd(
     split: str = typer.Option("eval", help="eval (held-out) or train."),
     tokenizer: str = typer.Option(None, help="Tokenizer to decode ids with (default: the store's model)."),
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    log_to: str = typer.Option(
+        None, "--log-to", help="wandb or tensorboard: log the tables of SAEs and pairs (needs --out for its files)."
+    ),
 ) -> None:
     """An HTML page of latents in index order: firing rate and top-activating contexts, highlighted.
 

@@ -9,21 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    plt = _plt()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+from osae.plotting import pyplot as _plt
+from osae.plotting import save_figure as _save
 
 
 def _configuration_label(name: str) -> str:

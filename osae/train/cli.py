@@ -172,6 +172,12 @@ def fit_cmd(
         "--overwrite",
         help="--out holds a run with other settings: remove that run's files (nothing else) and start afresh.",
     ),
+    log_to: str = typer.Option(
+        None,
+        "--log-to",
+        help="wandb or tensorboard: stream loss, FVU, L0, dead fraction and lr (optional extras; not part of the "
+        "run's identity, so a run resumes with or without it).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     **setting_options,
 ) -> None:
@@ -196,7 +202,7 @@ def fit_cmd(
         if dry_run:  # the run directory's own config, checked against its store
             _dry_run(_saved_config(resume), overwrite=False)
             return
-        summary = fit(resume=resume, progress=not json_out)
+        summary = fit(resume=resume, progress=not json_out, log_to=log_to)
     else:
         if resume and not out:
             values["out"], given = resume, given | {"out"}
@@ -204,7 +210,7 @@ def fit_cmd(
         if dry_run:
             _dry_run(cfg, overwrite=overwrite)
             return
-        summary = fit(cfg, resume=resume, overwrite=overwrite, progress=not json_out)
+        summary = fit(cfg, resume=resume, overwrite=overwrite, progress=not json_out, log_to=log_to)
     if json_out:
         print_json(summary)
     elif summary.get("already_finished"):

@@ -11,6 +11,7 @@ import torch
 from osae.distributed import Collective, barrier, init_distributed
 from osae.errors import OsaeError, UsageError
 from osae.store import ActivationStore, LoaderConfig, Normalizer, ShuffledLoader, load_rows, store_fingerprint
+from osae.tracking import check_tracker, open_tracker
 from osae.train.config import RESOLVED_KEY, TrainConfig
 from osae.train.run_dir import config_differences, plan_run, saved_config, start_fresh
 from osae.train.trainer import Trainer
@@ -84,10 +85,17 @@ def _old_sae_names(out: Path) -> list[str]:
 
 
 def fit(
-    cfg: TrainConfig | None = None, *, resume: str | None = None, overwrite: bool = False, progress: bool = True
+    cfg: TrainConfig | None = None,
+    *,
+    resume: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log_to: str | None = None,
 ) -> dict:
     """Train the run `cfg`, or continue it: the same configuration on the same --out resumes from the last
-    checkpoint (osae.train.run_dir). `resume` names a run directory to continue with its saved configuration."""
+    checkpoint (osae.train.run_dir). `resume` names a run directory to continue with its saved configuration.
+    `log_to` streams the metrics to wandb or tensorboard (osae.tracking); it is not part of the run's identity."""
+    check_tracker(log_to)
     rank, world = init_distributed()
     if resume is not None:
         saved = saved_config(Path(resume))
@@ -140,6 +148,7 @@ def fit(
         "hook_info": store.hooks[hook],
         "run": str(out),
     }
+    tracker = open_tracker(log_to, out, out.name, cfg.to_dict()) if rank == 0 else None
     trainer = Trainer(
         cfg,
         loader,
@@ -151,7 +160,13 @@ def fit(
         collective=Collective(rank, world),
         progress=progress,
         total_variance=total_var,
+        tracked=log_to is not None,
+        tracker=tracker,
     )
-    if plan.action == "resume":
-        trainer.restore()
-    return {"out": str(out), **trainer.run()}
+    try:
+        if plan.action == "resume":
+            trainer.restore()
+        return {"out": str(out), **trainer.run()}
+    finally:
+        if tracker is not None:
+            tracker.close()

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from osae import faults
-from osae.distributed import SINGLE, Collective, barrier
+from osae.distributed import SINGLE, Collective, barrier, gather
 from osae.errors import CheckpointError, RunInterrupted, UsageError
 from osae.progress import progress as progress_bar
 from osae.store import Normalizer
@@ -45,15 +45,23 @@ from osae.train.checkpoint import (
     save_state,
 )
 from osae.train.config import SAESpec, TrainConfig
+from osae.train.curves import write_training_curves
 from osae.train.optimizers import after_step, averaged, freeze_rows_, latent_state_keys, make_optimizer
-from osae.train.run_dir import RUN_STATE
+from osae.train.run_dir import CURVES, RUN_STATE
 from osae.train.stop import StopRequest
 
 log = logging.getLogger(__name__)
 # Checkpoints by time as well as by steps, so a kill never costs much work whatever --checkpoint-every says:
 FIRST_CHECKPOINT_S = 120.0  # the first one after about two minutes of training,
 CHECKPOINT_INTERVAL_S = 600.0  # then at least every ten minutes.
+TRACKED_KEYS = ("loss", "fvu", "l0", "dead_fraction", "dense_fraction", "lr", "tokens_per_s")  # --log-to
+CURVES_EVERY_S = 60.0  # training_curves.png is redrawn at a checkpoint at most this often, and at the end
 NONFINITE_STREAK = 20  # non-finite losses in a row after which --nonfinite skip stops: the run has diverged
+
+
+def _empty_sums() -> dict:
+    """A member's metric sums since its last metrics line."""
+    return {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None}
 
 
 @dataclass
@@ -70,7 +78,7 @@ class Member:
     frozen_copy: dict = field(default_factory=dict)
     nonfinite: int = 0  # micro-batches skipped for a non-finite loss
     nonfinite_streak: int = 0
-    acc: dict = field(default_factory=lambda: {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None})
+    acc: dict = field(default_factory=_empty_sums)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -119,6 +127,8 @@ class Trainer:
         total_variance: float | None = None,
         first_checkpoint_s: float = FIRST_CHECKPOINT_S,
         checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+        tracked: bool = False,
+        tracker=None,
     ):
         if not isinstance(batches, ResumableBatches):
             raise TypeError(f"batches must be resumable (iterate, state, load_state); got {type(batches).__name__}")
@@ -135,6 +145,9 @@ class Trainer:
         self.progress = progress
         self.first_checkpoint_s, self.checkpoint_interval_s = first_checkpoint_s, checkpoint_interval_s
         self.checkpointed = False  # has this run a checkpoint yet (set by restore and checkpoint)
+        # `tracked` is the same on every process; only process 0 holds the tracker (osae.tracking).
+        self.tracked, self.tracker = tracked, tracker
+        self._curves_time = -math.inf
         # E||x - mean||^2 per token in training units, for the logged FVU.
         self.total_variance = total_variance or float(d_in)
         self.out = Path(cfg.out)
@@ -206,7 +219,10 @@ class Trainer:
                 tmp.write_text(json.dumps(state, indent=1))
                 os.replace(tmp, self.out / RUN_STATE)
             if self.parallel == "sae":
-                barrier(self.world)
+                barrier(self.world)  # every process's metrics are written too
+            if self.rank == 0 and (final or time.perf_counter() - self._curves_time >= CURVES_EVERY_S):
+                write_training_curves(self.out, [s.name for s in self.cfg.saes], self.out / CURVES)
+                self._curves_time = time.perf_counter()
             for m in self.members:
                 prune_states(m.directory, self.step)
             faults.reached("fit-checkpoint")
@@ -465,10 +481,12 @@ class Trainer:
         m.since_fired.copy_(m.since_fired[perm])
 
     def _log_metrics(self, rate: float) -> None:
+        """Append each SAE's line to its metrics.jsonl (and send them to the tracker, if any)."""
+        lines = {}
         for m in self.members:
             a = self._whole_batch_sums(m.acc)
+            m.acc = _empty_sums()
             if not a["n"] or not self.writes_saes:
-                m.acc = {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None}
                 continue
             line = {
                 "step": self.step,
@@ -487,4 +505,10 @@ class Trainer:
             m.directory.mkdir(parents=True, exist_ok=True)
             with open(m.directory / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
-            m.acc = {"loss": 0.0, "sse": 0.0, "l0": 0.0, "n": 0, "fires": None}
+            lines[m.spec.name] = line
+        if self.tracked:
+            if self.parallel == "sae":  # process 0's tracker reports every process's SAEs
+                lines = {name: line for part in gather(lines, self.world) for name, line in part.items()}
+            if self.tracker is not None:
+                values = {f"{name}/{key}": line[key] for name, line in lines.items() for key in TRACKED_KEYS}
+                self.tracker.log_scalars(values, self.step)

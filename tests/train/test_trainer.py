@@ -184,17 +184,20 @@ def _store_with(path, bad_rows, value: float) -> Path:
     return path
 
 
+# A 14-step TopK run on a small store, with the raw rows (no normalisation, no data-dependent init).
+NONFINITE_RUN = dict(
+    saes=[SAESpec("topk", 0, {"d_sae": 16, "k": 2})],
+    tokens=256 * 14,
+    batch_size=256,
+    buffer_bytes=256 * 8 * 4 * 4,
+    normalization="none",
+    b_dec_init="zero",
+)
+
+
 def test_nonfinite_batches_are_skipped_or_stop_and_no_nan_is_written(tmp_path):
     path = _store_with(tmp_path / "nan.zarr", (slice(1000, 1256), 3), np.nan)
-    run = dict(
-        store=str(path),
-        saes=[SAESpec("topk", 0, {"d_sae": 16, "k": 2})],
-        tokens=256 * 14,
-        batch_size=256,
-        buffer_bytes=256 * 8 * 4 * 4,
-        normalization="none",
-        b_dec_init="zero",
-    )
+    run = dict(store=str(path), **NONFINITE_RUN)
     out = fit(TrainConfig(out=str(tmp_path / "skip"), **run), progress=False)
     assert out["skipped_batches"] >= 1
     for t in load_file(str(tmp_path / "skip" / "topk-K16-k2-s0" / "sae.safetensors")).values():
@@ -205,16 +208,7 @@ def test_nonfinite_batches_are_skipped_or_stop_and_no_nan_is_written(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adam", "signum-sf"])
 def test_a_nonfinite_loss_is_skipped_or_stops_under_any_optimizer_and_no_nan_is_written(tmp_path, optimizer):
-    run = dict(
-        saes=[SAESpec("topk", 0, {"d_sae": 16, "k": 2})],
-        tokens=256 * 14,
-        batch_size=256,
-        buffer_bytes=256 * 8 * 4 * 4,
-        normalization="none",
-        b_dec_init="zero",
-        log_every=14,
-        optimizer=optimizer,
-    )
+    run = dict(NONFINITE_RUN, log_every=14, optimizer=optimizer)
     store = str(_store_with(tmp_path / "few.zarr", slice(1000, 1004), 1e30))
     fit(TrainConfig(store=store, out=str(tmp_path / "skip"), **run), progress=False)
     sae_dir = tmp_path / "skip" / "topk-K16-k2-s0"
@@ -348,3 +342,15 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(toy, tmp_
         assert config["step"] in (10, 20)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_run_draws_its_training_curves(toy, tmp_path):
+    from osae.train.curves import PANELS, read_metrics, write_training_curves
+
+    specs = [SAESpec("topk", 0, {"d_sae": 32, "k": 3}), SAESpec("matryoshka", 0, {"d_sae": 32, "k": 3})]
+    fit(_cfg(toy, tmp_path / "run", specs), progress=False)
+    png = tmp_path / "run" / "training_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    lines = read_metrics(tmp_path / "run" / specs[0].name / "metrics.jsonl")
+    assert len(lines) == 8 and all(key in lines[0] for key, _, _ in PANELS)  # every panel has its series
+    assert write_training_curves(tmp_path / "run", ["no-such-sae"], tmp_path / "x.png") is None
