@@ -54,8 +54,25 @@ class Collective:
     contiguous slice of it (rank r holds rows r*b .. (r+1)*b). With one process every call is the identity,
     so architectures call them unconditionally and a 1-process run pays nothing."""
 
-    def __init__(self, rank: int = 0, world: int = 1):
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | str | None = None):
+        """`device`: where this process computes; nccl reduces only tensors on it, so the small CPU flags
+        and counters of the trainer travel there and back (gloo takes them where they are)."""
         self.rank, self.world = rank, world
+        self.device = torch.device(device) if device is not None else None
+
+    def _work(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy of `t` that the backend can reduce: int32 for bool (gloo reduces bool poorly), on the
+        backend's device."""
+        import torch.distributed as dist
+
+        dtype = torch.int32 if t.dtype == torch.bool else t.dtype
+        needs_cuda = dist.get_backend() == "nccl" and t.device.type != "cuda"
+        device = (
+            (self.device if self.device is not None and self.device.type == "cuda" else "cuda")
+            if needs_cuda
+            else t.device
+        )
+        return t.to(device=device, dtype=dtype, copy=True)
 
     def _reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
         if self.world == 1:
@@ -63,10 +80,9 @@ class Collective:
         import torch.distributed as dist
 
         ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-        # gloo reduces bool tensors poorly: reduce as int32 and cast back
-        work = t.to(torch.int32) if t.dtype == torch.bool else t.clone()
+        work = self._work(t)
         dist.all_reduce(work, op=ops[op])
-        return work.to(t.dtype)
+        return work.to(device=t.device, dtype=t.dtype)
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         """Elementwise sum over processes (a new tensor when world > 1)."""
@@ -92,9 +108,10 @@ class Collective:
             return t
         import torch.distributed as dist
 
-        parts = [torch.empty_like(t) for _ in range(self.world)]
-        dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts)
+        work = self._work(t)
+        parts = [torch.empty_like(work) for _ in range(self.world)]
+        dist.all_gather(parts, work)
+        return torch.cat(parts).to(device=t.device, dtype=t.dtype)
 
     def mean_grads_(self, params) -> None:
         """Average the gradients of `params` over processes (equal slices: the gradient of the whole batch)."""

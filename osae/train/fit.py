@@ -149,6 +149,7 @@ def fit(
         "run": str(out),
     }
     tracker = open_tracker(log_to, out, out.name, cfg.to_dict()) if rank == 0 else None
+    device = _device(cfg.device, rank)
     trainer = Trainer(
         cfg,
         loader,
@@ -156,8 +157,8 @@ def fit(
         normalizer=normalizer,
         meta=meta,
         init_rows=_init_rows(store, hook, normalizer),
-        device=_device(cfg.device, rank),
-        collective=Collective(rank, world),
+        device=device,
+        collective=Collective(rank, world, device),
         progress=progress,
         total_variance=total_var,
         tracked=log_to is not None,

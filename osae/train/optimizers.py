@@ -22,6 +22,11 @@ import torch
 OPTIMIZERS = ("adam", "signum-sf", "adam-sf")
 
 
+def is_schedule_free(name: str) -> bool:
+    """Does optimizer `name` average its iterates (warm-up, then no decay)?"""
+    return name in ("signum-sf", "adam-sf")
+
+
 class ScheduleFree(torch.optim.Optimizer):
     """Schedule-free averaging over sign steps (`rms=False`) or RMS-normalised steps (`rms=True`, with
     beta2 and eps); the parameters hold y (see the module docstring)."""
@@ -35,6 +40,8 @@ class ScheduleFree(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
+            if all(p.grad is None for p in group["params"]):
+                continue  # no gradient, no step: the average and the bias correction stay where they are
             lr, beta = group["lr"], group["momentum"]
             group["weight_sum"] += lr**2
             group["steps"] += 1
@@ -59,7 +66,7 @@ class ScheduleFree(torch.optim.Optimizer):
 
 
 def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], eps: float) -> torch.optim.Optimizer:
-    if name in ("signum-sf", "adam-sf"):
+    if is_schedule_free(name):
         return ScheduleFree(params, lr, rms=name == "adam-sf", beta2=betas[1], eps=eps)
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
 

@@ -46,7 +46,14 @@ from osae.train.checkpoint import (
 )
 from osae.train.config import SAESpec, TrainConfig
 from osae.train.curves import write_training_curves
-from osae.train.optimizers import after_step, averaged, freeze_rows_, latent_state_keys, make_optimizer
+from osae.train.optimizers import (
+    after_step,
+    averaged,
+    freeze_rows_,
+    is_schedule_free,
+    latent_state_keys,
+    make_optimizer,
+)
 from osae.train.run_dir import CURVES, RUN_STATE
 from osae.train.stop import StopRequest
 
@@ -83,7 +90,7 @@ class Member:
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    if cfg.optimizer.endswith("-sf"):  # schedule-free: its averaging replaces the decay
+    if is_schedule_free(cfg.optimizer):  # schedule-free: its averaging replaces the decay
         return warm
     frac = step / max(1, cfg.n_steps)
     if cfg.lr_schedule == "cosine":
@@ -189,45 +196,48 @@ class Trainer:
     # -- state --------------------------------------------------------------------------------
     def checkpoint(self, final: bool = False) -> None:
         """Write every SAE's state, then the run state that names that step, then drop older states. Under
-        --parallel sae each process writes the SAEs it owns; the run state follows once all have."""
-        if not self.writes_saes and self.parallel == "data":
-            return
-        error = None
-        if self.writes_saes:
-            try:
-                self._write_saes(final)
-            except (OSError, CheckpointError) as exc:
-                error = exc
-        if self.parallel == "sae":  # no run state names a step that some process could not write
-            failed = int(self.collective.max(torch.tensor([int(error is not None)])))
-            if failed and error is None:
-                error = CheckpointError(
-                    f"another process could not write its SAEs at step {self.step}; the previous checkpoint "
-                    f"is intact: see its message, then run the same command again"
-                )
-        if error is not None:
-            self._raise_checkpoint_error(error)
-        try:
-            if self.rank == 0:
-                state = {
-                    "step": self.step,
-                    "skipped_batches": self.skipped,
-                    "finished": final,
-                    "loader": self.batches.state(),
-                }
-                tmp = self.out / (RUN_STATE + ".tmp")
-                tmp.write_text(json.dumps(state, indent=1))
-                os.replace(tmp, self.out / RUN_STATE)
-            if self.parallel == "sae":
-                barrier(self.world)  # every process's metrics are written too
+        --parallel sae each process writes the SAEs it owns. Each phase ends with every process knowing
+        whether any failed, so that none waits forever for one that stopped, and no run state names a step
+        that some process could not write."""
+        error = self._attempt(lambda: self._write_saes(final)) if self.writes_saes else None
+        self._raise_if_any_failed(error, "could not write its SAEs")
+        error = self._attempt(lambda: self._write_run_state(final)) if self.rank == 0 else None
+        self._raise_if_any_failed(error, "could not write the run state")
+
+        def tidy():
             if self.rank == 0 and (final or time.perf_counter() - self._curves_time >= CURVES_EVERY_S):
                 write_training_curves(self.out, [s.name for s in self.cfg.saes], self.out / CURVES)
                 self._curves_time = time.perf_counter()
-            for m in self.members:
+            for m in self.members if self.writes_saes else []:
                 prune_states(m.directory, self.step)
-            faults.reached("fit-checkpoint")
-        except OSError as exc:
-            self._raise_checkpoint_error(exc)
+
+        self._raise_if_any_failed(self._attempt(tidy), "could not remove older checkpoints")
+        faults.reached("fit-checkpoint")
+
+    @staticmethod
+    def _attempt(work) -> Exception | None:
+        try:
+            work()
+        except (OSError, CheckpointError) as exc:
+            return exc
+        return None
+
+    def _raise_if_any_failed(self, error: Exception | None, what: str) -> None:
+        if self.world > 1:
+            failed = int(self.collective.max(torch.tensor([int(error is not None)])))
+            if failed and error is None:
+                error = CheckpointError(
+                    f"another process {what} at step {self.step}; the previous checkpoint is intact: see its "
+                    f"message, then run the same command again"
+                )
+        if error is not None:
+            self._raise_checkpoint_error(error)
+
+    def _write_run_state(self, final: bool) -> None:
+        state = {"step": self.step, "skipped_batches": self.skipped, "finished": final, "loader": self.batches.state()}
+        tmp = self.out / (RUN_STATE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.out / RUN_STATE)
 
     def _raise_checkpoint_error(self, exc: Exception) -> None:
         if isinstance(exc, OSError) and disk_full(exc):
@@ -263,7 +273,8 @@ class Trainer:
                 "since_fired": m.since_fired.cpu(),
                 "generator": m.generator.get_state(),
             }
-            save_state(m.directory, self.step, tensors, {"optimizer": opt_meta, "step": self.step})
+            counters = {"nonfinite": m.nonfinite, "nonfinite_streak": m.nonfinite_streak}
+            save_state(m.directory, self.step, tensors, {"optimizer": opt_meta, "step": self.step, **counters})
 
     def restore(self) -> dict:
         """Load every SAE's state and the batches' position at the run's last checkpoint; returns the run state."""
@@ -278,6 +289,7 @@ class Trainer:
             )
             m.since_fired.copy_(tensors["since_fired"].to(self.device))
             m.generator.set_state(tensors["generator"])
+            m.nonfinite, m.nonfinite_streak = int(meta.get("nonfinite", 0)), int(meta.get("nonfinite_streak", 0))
         if state.get("loader"):
             self.batches.load_state(state["loader"])
         self._truncate_metrics()
@@ -357,10 +369,12 @@ class Trainer:
         log.warning("skipping batch %d: NaN or Inf activations (%d skipped so far)", self.step, self.skipped)
         return False
 
-    def _loss_finite(self, m: Member, loss: torch.Tensor) -> bool:
+    def _loss_finite(self, m: Member, loss_value: float) -> bool:
         """False for a micro-batch whose loss is NaN or Inf on any process (every process skips it: no
         gradient reaches the weights); raises under --nonfinite stop, or when the loss stays non-finite."""
-        bad = int(self.batch_collective.max(torch.tensor([0 if bool(torch.isfinite(loss.detach())) else 1])))
+        bad = not math.isfinite(loss_value)
+        if self.batch_collective.world > 1:
+            bad = bool(self.batch_collective.max(torch.tensor([int(bad)])))
         if not bad:
             m.nonfinite_streak = 0
             return True
@@ -406,24 +420,23 @@ class Trainer:
         with self.autocast():
             out = sae(x, ctx)
         loss = out.loss / self.loss_divisor
-        if not self._loss_finite(m, loss):
-            if (step + 1) % cfg.accum_steps == 0:
+        loss_value = float(loss.detach())  # the step's one wait for the loss
+        if not self._loss_finite(m, loss_value):
+            if (step + 1) % cfg.accum_steps == 0 and any(p.grad is not None for p in sae.parameters()):
                 self._update(m, step)  # the window's other micro-batches still count
             return
         (loss / cfg.accum_steps).backward()
         with torch.no_grad():
             sae.update_statistics({k: c.reduce(v, op) for k, (op, v) in out.stats.items()}, step)
-            code, F = out.code, sae.cfg.d_sae
-            fired = c.max(code.fired(F))
+            fires = out.code.fire_counts(sae.cfg.d_sae)  # one pass over the code gives all three
+            fired = c.max(fires > 0)
             m.since_fired += x.shape[0] * c.world
             m.since_fired[fired] = 0
             sse = ((out.recon.float() - x) ** 2).sum()
-            l0 = code.l0().float().sum()
-            fires = code.fire_counts(F)
         m.acc["fires"] = fires if m.acc["fires"] is None else m.acc["fires"] + fires
-        m.acc["loss"] += float(loss.detach()) * len(x)
+        m.acc["loss"] += loss_value * len(x)
         m.acc["sse"] += float(sse)
-        m.acc["l0"] += float(l0)
+        m.acc["l0"] += float(fires.sum())
         m.acc["n"] += len(x)
         if (step + 1) % cfg.accum_steps:
             return

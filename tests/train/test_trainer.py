@@ -354,3 +354,24 @@ def test_a_run_draws_its_training_curves(toy, tmp_path):
     lines = read_metrics(tmp_path / "run" / specs[0].name / "metrics.jsonl")
     assert len(lines) == 8 and all(key in lines[0] for key, _, _ in PANELS)  # every panel has its series
     assert write_training_curves(tmp_path / "run", ["no-such-sae"], tmp_path / "x.png") is None
+
+
+def test_the_count_of_nonfinite_losses_survives_a_kill_and_resume(tmp_path):
+    store = str(_store_with(tmp_path / "few.zarr", slice(0, 3000, 97), 1e30))  # bad rows all through the run
+    run = dict(NONFINITE_RUN, store=store, log_every=14, checkpoint_every=7)
+    fit(TrainConfig(out=str(tmp_path / "whole"), **run), progress=False)
+    script = (
+        "import sys, json\nfrom osae.train.config import TrainConfig\nfrom osae.train.fit import fit\n"
+        "fit(TrainConfig.from_dict(json.loads(sys.argv[1])), progress=False)\n"
+    )
+    cfg = TrainConfig(out=str(tmp_path / "cut"), **run).to_dict()
+    args = [sys.executable, "-c", script, json.dumps(cfg)]
+    killed = subprocess.run(args, env={**os.environ, "OSAE_KILL_AT": "fit-checkpoint:1"}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    fit(TrainConfig(out=str(tmp_path / "cut"), **run), progress=False)
+
+    def last(name):
+        return json.loads((tmp_path / name / "topk-K16-k2-s0" / "metrics.jsonl").read_text().splitlines()[-1])
+
+    assert last("whole")["nonfinite_skipped"] >= 2
+    assert last("cut")["nonfinite_skipped"] == last("whole")["nonfinite_skipped"]

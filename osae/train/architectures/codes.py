@@ -60,6 +60,19 @@ class Code(Protocol):
         ...
 
 
+def offsets_of(counts: torch.Tensor) -> torch.Tensor:
+    """Where each token's entries start in a flat layout, from the entries per token."""
+    return torch.cumsum(counts, 0) - counts
+
+
+def entry_rows(idx: torch.Tensor, offsets: torch.Tensor | None, n_tokens: int) -> torch.Tensor:
+    """Token index of every entry, in the layout of `idx`: (B, N) padded (no offsets) or (nnz,) flat."""
+    if offsets is None:
+        return torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(idx)
+    counts = torch.diff(offsets, append=offsets.new_tensor([len(idx)]))
+    return torch.repeat_interleave(torch.arange(n_tokens, device=idx.device), counts)
+
+
 @dataclass
 class SparseCode:
     """Active latents per token: `idx`, `vals` of shape (B, N) (zeros are padding), or flat (nnz,) with
@@ -85,10 +98,7 @@ class SparseCode:
 
     def rows(self) -> torch.Tensor:
         """Token index of every entry, in the layout of `idx` ((B, N) padded or (nnz,) flat)."""
-        if self.offsets is None:
-            return torch.arange(self.idx.shape[0], device=self.idx.device)[:, None].expand_as(self.idx)
-        counts = torch.diff(self.offsets, append=torch.tensor([len(self.idx)], device=self.offsets.device))
-        return torch.repeat_interleave(torch.arange(len(self.offsets), device=self.idx.device), counts)
+        return entry_rows(self.idx, self.offsets, len(self))
 
     def columns(self, lo: int, hi: int) -> torch.Tensor:
         out = torch.zeros(len(self), hi - lo, dtype=self.vals.dtype, device=self.vals.device)
@@ -139,9 +149,7 @@ class SparseCode:
         for b in range(len(widths)):
             keep = band == b
             counts = torch.bincount(rows[keep], minlength=n_tokens)
-            part = F.embedding_bag(
-                idx[keep], W_FD, torch.cumsum(counts, 0) - counts, per_sample_weights=vals[keep], mode="sum"
-            )
+            part = F.embedding_bag(idx[keep], W_FD, offsets_of(counts), per_sample_weights=vals[keep], mode="sum")
             total = part if total is None else total + part
             out.append(total)
         return out

@@ -14,7 +14,7 @@ import torch
 
 from osae.errors import UsageError
 from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, StepContext
-from osae.train.architectures.codes import SparseCode
+from osae.train.architectures.codes import SparseCode, offsets_of
 
 ARCHITECTURE = "jumprelu"
 
@@ -30,7 +30,7 @@ def jumprelu_code(pre_BF: torch.Tensor, theta_F: torch.Tensor) -> SparseCode:
     mask = pre_BF > theta_F.clamp_min(0)
     rows, idx = mask.nonzero(as_tuple=True)
     counts = mask.sum(1)
-    offsets = torch.cumsum(counts, 0) - counts
+    offsets = offsets_of(counts)
     return SparseCode(idx, pre_BF[rows, idx], offsets)
 
 

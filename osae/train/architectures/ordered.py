@@ -21,7 +21,7 @@ import torch
 from osae.errors import UsageError
 from osae.train.architectures.base import SAE, ForwardOutput, KWarmupConfig, StepContext, aux_k_loss
 from osae.train.architectures.codes import SparseCode
-from osae.train.architectures.selection import topk_code
+from osae.train.architectures.selection import DENSE_BACKWARD_SHARE, topk_code
 from osae.train.ordered_loss import ordered_loss_dense, ordered_loss_sparse
 from osae.train.prefix import LAWS, inclusion_weights
 
@@ -120,7 +120,7 @@ class OrderedSAE(SAE):
             L = len(pi) - torch.searchsorted(pi.flip(0).contiguous(), u, right=True)
             kept = SparseCode(code.idx, code.vals * (code.idx < L[:, None]))
             nd = ((r - self.decode(kept, bias=False)) ** 2).sum(1).mean()
-        elif 8 * k > self.cfg.d_sae:
+        elif k > DENSE_BACKWARD_SHARE * self.cfg.d_sae:
             # Early in the warm-up codes are nearly dense: one F x F matrix beats per-token Gram blocks.
             nd = ordered_loss_dense(r, code.dense(self.cfg.d_sae), self.W_dec, pi).mean()
         else:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from osae.distributed import SINGLE, Collective
-from osae.train.architectures.codes import SparseCode
+from osae.train.architectures.codes import SparseCode, entry_rows, offsets_of
 
 # Above this share of chosen entries per token (an OSAE k warm-up from K), a dense backward is cheaper.
 DENSE_BACKWARD_SHARE = 1 / 8
@@ -53,7 +53,7 @@ class _ChosenPreActs(torch.autograd.Function):
             else:
                 d_xc = F.embedding_bag(idx, W, per_sample_weights=g, mode="sum")
         if ctx.needs_input_grad[1]:
-            rows = _entry_rows(idx, offsets, len(xc))
+            rows = entry_rows(idx, offsets if idx.dim() == 1 else None, len(xc)).reshape(-1)
             G = torch.sparse_coo_tensor(
                 torch.stack([flat_idx, rows]), flat_g, (W.shape[0], len(xc)), check_invariants=False
             )
@@ -61,14 +61,6 @@ class _ChosenPreActs(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             d_b = torch.zeros(W.shape[0], dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
         return d_xc, d_W, d_b, None, None, None
-
-
-def _entry_rows(idx: torch.Tensor, offsets: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """Token of every entry, flat: from the (B, N) layout, or from the offsets of the flat one."""
-    if idx.dim() == 2:
-        return torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
-    counts = torch.diff(offsets, append=offsets.new_tensor([len(idx)]))
-    return torch.repeat_interleave(torch.arange(n_tokens, device=idx.device), counts)
 
 
 @dataclass
@@ -93,10 +85,7 @@ class PreActs:
         if offsets is None and idx.shape[1] > DENSE_BACKWARD_SHARE * self.dense.shape[1]:
             # nearly dense codes: autograd's dense backward is cheaper (one more matmul, with a graph)
             return F.linear(self.xc, self.W, self.b).gather(1, idx).to(self.xc.dtype)
-        if offsets is None:
-            vals = self.dense.gather(1, idx)
-        else:
-            vals = self.dense[_entry_rows(idx, offsets, len(self.dense)), idx]
+        vals = _gathered(self.dense, idx, offsets)
         empty = idx.new_zeros(0) if offsets is None else offsets
         return _ChosenPreActs.apply(self.xc, self.W, self.b, idx, empty, vals.to(self.xc.dtype))
 
@@ -108,9 +97,14 @@ def _dense(pre: torch.Tensor | PreActs) -> torch.Tensor:
 def _values(pre: torch.Tensor | PreActs, idx: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
     if isinstance(pre, PreActs):
         return pre.take(idx, offsets)
+    return _gathered(pre, idx, offsets)
+
+
+def _gathered(dense: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    """dense's entries `idx`: (B, N) padded, or flat with `offsets`."""
     if offsets is None:
-        return pre.gather(1, idx)
-    return pre[_entry_rows(idx, offsets, len(pre)), idx]
+        return dense.gather(1, idx)
+    return dense[entry_rows(idx, offsets, len(dense)), idx]
 
 
 def topk_code(pre: torch.Tensor | PreActs, k: int) -> SparseCode:
@@ -166,7 +160,7 @@ def batch_topk_code(pre: torch.Tensor | PreActs, k: int, collective: Collective 
         pos = torch.sort(pos).values
         rows, idx = pos // Fd, pos % Fd
         counts = torch.bincount(rows, minlength=B)
-        offsets = torch.cumsum(counts, 0) - counts
+        offsets = offsets_of(counts)
     return SparseCode(idx, _values(pre, idx, offsets).clamp_min(0), offsets)
 
 
@@ -175,5 +169,5 @@ def threshold_code(pre_BF: torch.Tensor, theta: float) -> SparseCode:
     mask = pre_BF > max(theta, 0.0)
     rows, idx = mask.nonzero(as_tuple=True)
     counts = mask.sum(1)
-    offsets = torch.cumsum(counts, 0) - counts
+    offsets = offsets_of(counts)
     return SparseCode(idx, pre_BF[rows, idx], offsets)
