@@ -116,9 +116,6 @@ def permute_cmd(
     out: str = typer.Option(..., "--out", help="New checkpoint directory."),
     tokens: int = typer.Option(1_000_000, help="Calibration tokens."),
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
-    log_to: str = typer.Option(
-        None, "--log-to", help="wandb or tensorboard: log the tables of SAEs and pairs (needs --out for its files)."
-    ),
 ) -> None:
     """Reorder a trained SAE's latents by importance, as a new frozen checkpoint (reconstructions unchanged).
 
@@ -144,11 +141,16 @@ def inspect_cmd(
     split: str = typer.Option("eval", help="eval (held-out) or train."),
     tokenizer: str = typer.Option(None, help="Tokenizer to decode ids with (default: the store's model)."),
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
-    log_to: str = typer.Option(
-        None, "--log-to", help="wandb or tensorboard: log the tables of SAEs and pairs (needs --out for its files)."
+    no_model: bool = typer.Option(
+        False, "--no-model", help="Skip the output tokens (they load the store's model for its unembedding)."
+    ),
+    match_with: str = typer.Option(
+        None, "--match", help="Another checkpoint: show each latent's Hungarian-matched partner and cosine."
     ),
 ) -> None:
-    """An HTML page of latents in index order: firing rate and top-activating contexts, highlighted.
+    """An HTML page of latents in index order: firing rate, activation histogram, top-activating contexts and
+    examples from several activation quantiles (highlighted), the output tokens each latent promotes and
+    suppresses, and optionally its matched latent in another SAE.
 
     Examples:
       osae inspect runs/osae/osae-K4096-k32-s0 --store acts.zarr --out osae-s0.html
@@ -172,6 +174,8 @@ def inspect_cmd(
         split=split,
         tokenizer=tokenizer,
         format=format,
+        use_model=not no_model,
+        match_with=match_with,
     )
     typer.echo(
         f"wrote {result['out']}: {result['latents']} latents ({result['dead']} never fired) "

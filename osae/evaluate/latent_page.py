@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 
 from osae.errors import UsageError
-from osae.evaluate.top_activations import LatentSummary
+from osae.evaluate.top_activations import HIST_LO, LatentSummary
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
@@ -26,6 +26,12 @@ span.tok { border-radius: 2px; }
 span.tok.focus { outline: 1.5px solid #c0392b; }
 #summary { margin-left: 1.5em; color: #555; }
 span.value { color: #888; font-family: system-ui, sans-serif; font-size: .85em; margin-right: .6em; }
+.row { display: flex; gap: 1.5em; align-items: flex-start; flex-wrap: wrap; }
+svg.hist text { font-size: 9px; fill: #555; }
+h3 { font-size: .9em; margin: .4em 0 0; color: #444; font-weight: 600; }
+.logits { font-size: .85em; }
+.logits code { background: #eef6ee; margin-right: .3em; }
+.logits .down code { background: #f8ecec; }
 """
 
 SCRIPT = """
@@ -76,7 +82,69 @@ def _token_span(text: str, value: float | None, peak: float, focus: bool) -> str
     return f'<span class="{cls}" title="{title}"{_shade(value, peak)}>{shown}</span>'
 
 
-def render_page(latents: list[LatentSummary], texts: dict[int, str], *, title: str, facts: dict[str, str]) -> str:
+def histogram_svg(counts: list[int], width: int = 260, height: int = 70) -> str:
+    """The latent's firings per half-octave of activation, as an inline SVG bar chart with labelled axes."""
+    used = [i for i, c in enumerate(counts) if c]
+    if not used:
+        return ""
+    first, last = used[0], used[-1]
+    shown = counts[first : last + 1]
+    peak = max(shown)
+    plot_w, plot_h, left, bottom = width - 30, height - 26, 28, height - 16
+    bar_w = plot_w / len(shown)
+    bars = "".join(
+        f'<rect x="{left + i * bar_w:.1f}" y="{bottom - plot_h * c / peak:.1f}" width="{max(bar_w - 1, 0.5):.1f}" '
+        f'height="{plot_h * c / peak:.1f}" fill="#e08a1e"><title>{_edge(first + i)}-{_edge(first + i + 1)}: '
+        f"{c:,}</title></rect>"
+        for i, c in enumerate(shown)
+    )
+    return (
+        f'<svg class="hist" width="{width}" height="{height}" role="img" aria-label="activation histogram">{bars}'
+        f'<line x1="{left}" y1="{bottom}" x2="{left + plot_w}" y2="{bottom}" stroke="#999"/>'
+        f'<text x="{left}" y="{height - 4}">{_edge(first)}</text>'
+        f'<text x="{left + plot_w}" y="{height - 4}" text-anchor="end">{_edge(last + 1)}</text>'
+        f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">activation (log scale)</text>'
+        f'<text x="2" y="{bottom - plot_h / 2}" transform="rotate(-90 8 {bottom - plot_h / 2})">firings</text>'
+        f'<text x="{left + 2}" y="9">{peak:,}</text></svg>'
+    )
+
+
+def _edge(i: int) -> str:
+    return f"{2 ** ((HIST_LO + i) / 2):.3g}"
+
+
+def _examples_list(lat: LatentSummary, examples, texts: dict[int, str]) -> str:
+    items = []
+    for ex in examples:
+        spans = "".join(
+            _token_span(texts.get(t, f"<{t}>"), a, lat.max_value, i == ex.focus)
+            for i, (t, a) in enumerate(zip(ex.tokens, ex.activations))
+        )
+        items.append(f'<li data-row="{ex.row}"><span class="value">{ex.value:.3f}</span>{spans}</li>')
+    return f'<ol class="examples">{"".join(items)}</ol>' if items else ""
+
+
+def _logits_html(promoted: list[str], suppressed: list[str]) -> str:
+    def codes(tokens):
+        return "".join(f"<code>{html.escape(t)}</code>" for t in tokens)
+
+    return (
+        f'<div class="logits"><div class="up">promotes {codes(promoted)}</div>'
+        f'<div class="down">suppresses {codes(suppressed)}</div></div>'
+    )
+
+
+def render_page(
+    latents: list[LatentSummary],
+    texts: dict[int, str],
+    *,
+    title: str,
+    facts: dict[str, str],
+    logits: dict[int, tuple[list[str], list[str]]] | None = None,
+    matches: dict[int, tuple[int, float]] | None = None,
+    match_name: str = "",
+) -> str:
+    """`logits`: latent -> (promoted, suppressed) output tokens; `matches`: latent -> (partner, cosine)."""
     head = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(str(v))}</p>" for k, v in facts.items())
     body = []
     for lat in latents:
@@ -86,18 +154,19 @@ def render_page(latents: list[LatentSummary], texts: dict[int, str], *, title: s
             if dead
             else f"fires on {100 * lat.rate:.3g}% of {lat.scanned:,} tokens &middot; max {lat.max_value:.3f}"
         )
-        items = []
-        for ex in lat.examples:
-            spans = "".join(
-                _token_span(texts.get(t, f"<{t}>"), a, lat.max_value, i == ex.focus)
-                for i, (t, a) in enumerate(zip(ex.tokens, ex.activations))
-            )
-            items.append(f'<li data-row="{ex.row}"><span class="value">{ex.value:.3f}</span>{spans}</li>')
-        examples = f'<ol class="examples">{"".join(items)}</ol>' if items else ""
+        if matches and lat.index in matches:
+            partner, cos = matches[lat.index]
+            stats += f" &middot; matched to latent {partner} of {html.escape(match_name)} (cosine {cos:.3f})"
+        side = _logits_html(*logits[lat.index]) if logits and lat.index in logits else ""
+        parts = [f'<div class="row">{histogram_svg(lat.histogram)}{side}</div>' if not dead else ""]
+        if lat.examples:
+            parts.append("<h3>top activations</h3>" + _examples_list(lat, lat.examples, texts))
+        for label, shown in lat.bands:
+            parts.append(f"<h3>{html.escape(label)}</h3>" + _examples_list(lat, shown, texts))
         body.append(
             f'<section class="latent{" dead" if dead else ""}" id="latent-{lat.index}" data-index="{lat.index}" '
             f'data-rate="{lat.rate:.6g}"><h2>Latent {lat.index}</h2>'
-            f'<div class="stats">{stats}</div>{examples}</section>'
+            f'<div class="stats">{stats}</div>{"".join(parts)}</section>'
         )
     controls = (
         '<div class="controls"><label>Latents <input id="filter" placeholder="e.g. 12 or 0-63" size="12"></label> '
@@ -110,9 +179,13 @@ def render_page(latents: list[LatentSummary], texts: dict[int, str], *, title: s
     )
 
 
-def write_page(path: Path, latents: list[LatentSummary], tokenizer, *, title: str, facts: dict[str, str]) -> Path:
-    ids = {t for lat in latents for ex in lat.examples for t in ex.tokens}
-    page = render_page(latents, token_texts(tokenizer, ids), title=title, facts=facts)
+def write_page(
+    path: Path, latents: list[LatentSummary], tokenizer, *, title: str, facts: dict[str, str], **extra
+) -> Path:
+    """`extra`: render_page's logits, matches and match_name."""
+    shown = [ex for lat in latents for ex in [*lat.examples, *(e for _, band in lat.bands for e in band)]]
+    ids = {t for ex in shown for t in ex.tokens}
+    page = render_page(latents, token_texts(tokenizer, ids), title=title, facts=facts, **extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -134,9 +207,15 @@ def inspect_checkpoint(
     tokenizer: str | None = None,
     progress: bool = True,
     format: str | None = None,
+    use_model: bool = True,
+    match_with: str | None = None,
 ) -> dict:
-    """Write the latent page of one checkpoint (any format osae.foreign reads); returns what was shown."""
+    """Write the latent page of one checkpoint (any format osae.foreign reads); returns what was shown.
+    `use_model`: the output tokens each decoder direction promotes and suppresses, through the unembedding of
+    the store's model (when it can be loaded); `match_with`: another checkpoint whose Hungarian-matched
+    latent (and cosine) each latent shows."""
     from osae.evaluate.batches import checkpoint_normalizer
+    from osae.evaluate.consistency import match
     from osae.evaluate.run import require_matching_store
     from osae.evaluate.top_activations import top_activations
     from osae.foreign import load_any
@@ -177,13 +256,53 @@ def inspect_checkpoint(
     }
     if tok is None:
         facts["note"] = "no tokenizer recorded in the store: tokens are shown as ids"
-    write_page(out, found, tok, title=f"Latents of {Path(checkpoint).name}", facts=facts)
+    extra = {}
+    if use_model and source:
+        extra["logits"] = output_tokens(source, sae, checkpoint_normalizer(cfg), chosen, tok, facts)
+    if match_with:
+        other, other_cfg = load_any(match_with, store=store)
+        require_matching_store(match_with, other, other_cfg, store)
+        m = match(sae.W_dec, other.W_dec)
+        extra["matches"] = {int(r): (int(c), float(cos)) for r, c, cos in zip(m.rows, m.cols, m.cosines)}
+        extra["match_name"] = Path(match_with).name
+        facts["matched with"] = f"{match_with} (Hungarian matching of decoder directions, Stab {m.stab:.3f})"
+    write_page(out, found, tok, title=f"Latents of {Path(checkpoint).name}", facts=facts, **extra)
     return {
         "out": str(out),
         "latents": len(found),
         "dead": sum(lat.fired == 0 for lat in found),
         "scanned": found[0].scanned,
     }
+
+
+TOP_TOKENS = 8
+
+
+def output_tokens(source: str, sae, normalizer, latents: range, tokenizer, facts: dict) -> dict:
+    """latent -> (promoted, suppressed): the output tokens whose logits the decoder direction, in the model's
+    units, raises and lowers most through the unembedding (no final norm). {} (with a note) when the model
+    cannot be loaded."""
+    import torch
+
+    from osae.errors import OsaeError
+    from osae.harvest.models import load_model
+
+    try:
+        lm = load_model(source, device="cpu", dtype="float32")
+    except (OsaeError, OSError) as exc:
+        facts["output tokens"] = f"not shown: the model could not be loaded ({str(exc).splitlines()[0]})"
+        return {}
+    W_U = lm.model.get_output_embeddings().weight.detach().float()  # (vocab, d_model)
+    with torch.no_grad():
+        atoms = sae.W_dec.detach().float()[latents.start : latents.stop]
+        # The normalisation is affine: a direction maps through its linear part only.
+        directions = normalizer.inverse(atoms) - normalizer.inverse(torch.zeros_like(atoms[:1]))
+        logits = directions @ W_U.T
+        up = logits.topk(TOP_TOKENS, dim=1).indices.tolist()
+        down = (-logits).topk(TOP_TOKENS, dim=1).indices.tolist()
+    texts = token_texts(tokenizer or lm.tokenizer, {t for row in up + down for t in row})
+    facts["output tokens"] = f"decoder direction through {lm.name}'s unembedding (no final norm)"
+    return {j: ([texts[t] for t in u], [texts[t] for t in d]) for j, u, d in zip(latents, up, down)}
 
 
 def parse_latent_range(text: str, d_sae: int) -> range:

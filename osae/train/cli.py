@@ -154,7 +154,9 @@ def fit_cmd(
     checkpoint_every: int = typer.Option(2000, help="Steps between checkpoints."),
     nonfinite: str = typer.Option("skip", help="A batch with NaN/Inf: skip (counted) or stop."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    autocast: str = typer.Option("auto", help="bf16 autocast: auto (GPU only), bf16 or none."),
+    autocast: str = typer.Option(
+        "auto", help="bf16 autocast: auto (GPU; CPU with AMX, SAEs of 256 x 4096 and up), bf16 or none."
+    ),
     data_seed: int = typer.Option(0, help="Shuffle seed of the shared batch stream."),
     optimizer: str = typer.Option(
         "adam",

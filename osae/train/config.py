@@ -11,6 +11,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from osae.config_io import known_fields, known_keys, read_config_file, typed_fields, typed_value
 from osae.errors import UsageError
 from osae.store import NORMALIZATIONS
@@ -88,6 +90,15 @@ class SAESpec:
         return self.lr if self.lr is not None else default_lr(optimizer, self.arch_config.d_sae)
 
 
+CPU_BF16_MIN_WEIGHTS = 256 * 4096
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """AMX tiles with bf16 (Intel Sapphire Rapids and later), where a bf16 matmul is about 3.5x fp32's."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.13: absent means no
+    return bool(probe and probe())
+
+
 @dataclass
 class TrainConfig:
     store: str
@@ -144,7 +155,8 @@ class TrainConfig:
     """A batch with NaN/Inf: skip it (counted) or stop."""
     device: str = "auto"
     autocast: str = "auto"
-    """bf16 autocast of the matmuls: auto (on GPU only), bf16 or none."""
+    """bf16 autocast of the matmuls: auto (on GPU; on CPU with AMX for SAEs of 256 x 4096 and up), bf16 or
+    none."""
 
     def __post_init__(self) -> None:
         self.saes = [s if isinstance(s, SAESpec) else SAESpec.from_dict(s) for s in self.saes]
@@ -221,6 +233,17 @@ class TrainConfig:
                 for c in [s.build_config(d_in, self.n_steps)]
             },
         }
+
+    def uses_bf16(self, device_type: str, d_in: int) -> bool:
+        """bf16 autocast of the encoder matmul: always on a GPU under auto; on a CPU under auto only where it
+        was measured to pay without costing FVU (docs/fit.md): bf16 matrix units (AMX) and an SAE of at
+        least d_in x K = 256 x 4096 (0.72x the fp32 step there, 0.88x at 256 x 1024; held-out FVU equal)."""
+        if self.autocast != "auto":
+            return self.autocast == "bf16"
+        if device_type == "cuda":
+            return True
+        largest = max(d_in * s.arch_config.d_sae for s in self.saes)
+        return device_type == "cpu" and cpu_has_bf16_matrix_units() and largest >= CPU_BF16_MIN_WEIGHTS
 
     def lr_of(self, spec: SAESpec) -> float:
         """The peak learning rate of one SAE of this run."""

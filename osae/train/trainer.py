@@ -165,7 +165,8 @@ class Trainer:
         self.members = [self._member(spec, init_rows) for spec in owned]
         if self.parallel == "sae":
             log.info("process %d of %d trains %s", self.rank, self.world, ", ".join(s.name for s in owned))
-        use_bf16 = cfg.autocast == "bf16" or (cfg.autocast == "auto" and self.device.type == "cuda")
+        use_bf16 = cfg.uses_bf16(self.device.type, d_in)
+        log.info("encoder matmul in %s (--autocast %s)", "bf16" if use_bf16 else "fp32", cfg.autocast)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
     def _member(self, spec: SAESpec, init_rows) -> Member:

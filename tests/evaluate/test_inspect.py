@@ -1,5 +1,6 @@
 """`osae inspect`: top activations checked against a brute-force scan, and the page opened in real Chromium."""
 
+import html
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from osae.harvest import HarvestConfig, harvest
 from osae.harvest.models import EMBEDDED_DIR
@@ -19,6 +21,7 @@ from .helpers import identity_sae
 pytestmark = pytest.mark.skipif(not (EMBEDDED_DIR / "config.json").exists(), reason="the embedded model is not built")
 HOOK = "blocks.1.hook_resid_post"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PERM = np.random.default_rng(0).permutation(512)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,9 @@ def page(tmp_path_factory):
     )
     # Latent i of the identity SAE is exactly max(x_i, 0): its top activations are known from the rows.
     save_frozen(identity_sae(256), root / "ident", {"hook": HOOK, "normalization": {"kind": "none"}})
+    shuffled = identity_sae(256)
+    shuffled.permute_(torch.from_numpy(PERM))  # the same atoms in another order: the match must undo it
+    save_frozen(shuffled, root / "shuffled", {"hook": HOOK, "normalization": {"kind": "none"}})
     proc = _osae(
         "inspect",
         root / "ident",
@@ -47,6 +53,8 @@ def page(tmp_path_factory):
         "5",
         "--after",
         "2",
+        "--match",
+        root / "shuffled",
     )
     assert proc.returncode == 0, proc.stderr
     return root, (root / "page.html").read_text()
@@ -73,7 +81,8 @@ def test_rates_and_top_examples_match_a_brute_force_scan(page):
         rate = float(re.search(r'data-rate="([^"]+)"', section).group(1))
         assert rate == pytest.approx((x[:, i] > 0).mean(), rel=1e-4)
         best = rows[np.argsort(-x[:, i], kind="stable")[:3]]
-        shown = [int(r) for r in re.findall(r'<li data-row="(\d+)"', section)]
+        top_list = section.split("<h3>top activations</h3>")[1].split("</ol>")[0]
+        shown = [int(r) for r in re.findall(r'<li data-row="(\d+)"', top_list)]
         assert shown == best.tolist()
         focus = re.search(
             r'<li data-row="\d+"><span class="value">([\d.]+)</span>.*?class="tok focus" title="([\d.]+)"',
@@ -83,6 +92,47 @@ def test_rates_and_top_examples_match_a_brute_force_scan(page):
         assert float(focus.group(1)) == pytest.approx(x[:, i].max(), abs=1e-3)
         assert float(focus.group(2)) == pytest.approx(x[:, i].max(), abs=1e-3)
     assert int(tokens[best[0]]) >= 0  # the focus row holds a real token
+
+
+def _section(text, i):
+    return re.search(rf'id="latent-{i}".*?</section>', text, flags=re.DOTALL).group(0)
+
+
+def test_histograms_quantile_examples_output_tokens_and_matches_are_right(page):
+    from osae.evaluate.top_activations import HIST_BINS, HIST_LO
+    from osae.harvest.models import load_model
+
+    root, text = page
+    store = ActivationStore(root / "s.zarr")
+    x = np.concatenate([r for _, r in iter_split_rows(store, HOOK, "eval")])
+    W_U = load_model(str(EMBEDDED_DIR), device="cpu", dtype="float32").model.get_output_embeddings().weight
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(EMBEDDED_DIR)
+    for i in range(8):
+        section, v = _section(text, i), x[:, i][x[:, i] > 0]
+        # The histogram's bars: firings per half-octave, as a direct count gives.
+        bins = np.clip(np.floor(np.log2(v) * 2).astype(int), HIST_LO, HIST_LO + HIST_BINS - 1) - HIST_LO
+        expected = np.bincount(bins, minlength=HIST_BINS)
+        counts = [int(c.replace(",", "")) for c in re.findall(r"<title>[^<]*: ([\d,]+)</title>", section)]
+        assert counts == expected[bins.min() : bins.max() + 1].tolist()
+        assert "activation (log scale)" in section and ">firings<" in section
+        # Quantile bands: lowest first, each example's value an activation of this latent.
+        bands = re.findall(r"<h3>quantiles ([\d.]+)-([\d.]+) of its activations</h3>(.*?)</ol>", section, re.DOTALL)
+        assert [b[:2] for b in bands] == [("0.00", "0.25"), ("0.25", "0.50"), ("0.50", "0.75"), ("0.75", "0.95")]
+        values = [[float(t) for t in re.findall(r'class="value">([\d.]+)<', b[2])] for b in bands]
+        assert all(vals for vals in values) and max(values[0]) <= min(values[-1])
+        assert all(np.isclose(v, val, atol=1e-3).any() for vals in values for val in vals)
+        # Output tokens: the identity SAE's latent i is the unit vector e_i, so its logits are W_U[:, i].
+        up = re.search(r'class="up">promotes (.*?)</div>', section, re.DOTALL).group(1)
+        shown = re.findall(r"<code>(.*?)</code>", up, re.DOTALL)
+        order = torch.argsort(W_U[:, i], descending=True).tolist()
+        # near-equal logits may swap places between two matmuls: the first is certain, the rest are among the top
+        assert len(shown) == 8 and shown[0] == html.escape(tok.decode([order[0]]))
+        assert set(shown) <= {html.escape(tok.decode([t])) for t in order[:12]}
+        # The match: latent i of the shuffled copy's order is where PERM put atom i.
+        partner, cos = re.search(r"matched to latent (\d+) of shuffled \(cosine ([\d.]+)\)", section).groups()
+        assert int(partner) == int(np.argsort(PERM)[i]) and float(cos) == pytest.approx(1.0)
 
 
 def test_the_page_renders_in_headless_chromium_with_its_filter(page, tmp_path):
