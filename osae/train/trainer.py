@@ -166,7 +166,7 @@ class Trainer:
         if self.parallel == "sae":
             log.info("process %d of %d trains %s", self.rank, self.world, ", ".join(s.name for s in owned))
         use_bf16 = cfg.uses_bf16(self.device.type, d_in)
-        log.info("encoder matmul in %s (--autocast %s)", "bf16" if use_bf16 else "fp32", cfg.autocast)
+        log.debug("encoder matmul in %s (--autocast %s)", "bf16" if use_bf16 else "fp32", cfg.autocast)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
     def _member(self, spec: SAESpec, init_rows) -> Member:
