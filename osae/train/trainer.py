@@ -85,6 +85,7 @@ class Member:
     frozen_copy: dict = field(default_factory=dict)
     nonfinite: int = 0  # micro-batches skipped for a non-finite loss
     nonfinite_streak: int = 0
+    reorders: int = 0  # latent permutations applied so far (HybridOrder)
     acc: dict = field(default_factory=_empty_sums)
 
 
@@ -274,7 +275,7 @@ class Trainer:
                 "since_fired": m.since_fired.cpu(),
                 "generator": m.generator.get_state(),
             }
-            counters = {"nonfinite": m.nonfinite, "nonfinite_streak": m.nonfinite_streak}
+            counters = {"nonfinite": m.nonfinite, "nonfinite_streak": m.nonfinite_streak, "reorders": m.reorders}
             save_state(m.directory, self.step, tensors, {"optimizer": opt_meta, "step": self.step, **counters})
 
     def restore(self) -> dict:
@@ -291,6 +292,7 @@ class Trainer:
             m.since_fired.copy_(tensors["since_fired"].to(self.device))
             m.generator.set_state(tensors["generator"])
             m.nonfinite, m.nonfinite_streak = int(meta.get("nonfinite", 0)), int(meta.get("nonfinite_streak", 0))
+            m.reorders = int(meta.get("reorders", 0))
         if state.get("loader"):
             self.batches.load_state(state["loader"])
         self._truncate_metrics()
@@ -493,6 +495,7 @@ class Trainer:
                 if key in st:
                     st[key].copy_(st[key][perm])
         m.since_fired.copy_(m.since_fired[perm])
+        m.reorders += 1
 
     def _log_metrics(self, rate: float) -> None:
         """Append each SAE's line to its metrics.jsonl (and send them to the tracker, if any)."""
@@ -515,6 +518,7 @@ class Trainer:
                 "lr": m.opt.param_groups[0]["lr"],
                 "tokens_per_s": rate,
                 "nonfinite_skipped": m.nonfinite,
+                "reorders": m.reorders,
             }
             m.directory.mkdir(parents=True, exist_ok=True)
             with open(m.directory / "metrics.jsonl", "a") as f:

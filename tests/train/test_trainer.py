@@ -167,6 +167,16 @@ def test_hybridorder_reorder_commutes_with_training():
     torch.testing.assert_close(got.b_enc.detach()[inv], ref.b_enc.detach(), rtol=1e-10, atol=1e-10)
 
 
+def test_hybridorder_reorders_on_schedule_under_gradient_accumulation(toy, tmp_path):
+    """Scheduled micro-batches 12, 18, 24, 30, 36 fall inside the updates ending at 15, 19, 27, 31 and 39; the
+    old rule looked only at each update's last micro-batch (t % 4 == 3), where t % 6 == 0 never holds."""
+    config = {"d_sae": 32, "reorder_start": 8, "reorder_every": 6, "reorder_tau": 10.0}  # tau: no variance trigger
+    spec = SAESpec("hybridorder", 0, config, lr=1e-3)
+    fit(_cfg(toy, tmp_path / "run", [spec], accum_steps=4, log_every=8, checkpoint_every=8), progress=False)
+    lines = [json.loads(l) for l in (tmp_path / "run" / spec.name / "metrics.jsonl").read_text().splitlines()]
+    assert [(l["step"], l["reorders"]) for l in lines] == [(8, 0), (16, 1), (24, 2), (32, 4), (40, 5)]
+
+
 def _store_with(path, bad_rows, value: float) -> Path:
     """4096 random rows of width 8 with `value` written into `bad_rows` (NaN: bad activations; 1e30: finite
     rows whose squared error overflows float32, a non-finite loss)."""

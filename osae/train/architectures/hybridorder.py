@@ -8,8 +8,10 @@ Reorder at step t >= reorder_start when t % reorder_every == 0 or v_t = mean_i V
 sort latents by decreasing EMA frequency and permute every per-latent tensor and the optimizer state
 (the trainer does the optimizer). Because the loss is permutation invariant and Adam is coordinate-wise,
 a full permutation leaves training unchanged up to the order of the latents (a test checks this).
-Steps count micro-batches (the paper's 4,882 steps of 2,048 tokens); its recipe adds gradient
-accumulation (4), lr 3e-4 with 3000 warm-up steps and cosine decay, set in the trainer config.
+Steps count micro-batches (the paper's 4,882 steps of 2,048 tokens; read as optimizer updates its 3000-step
+warm-up would never end); its recipe adds gradient accumulation (4), lr 3e-4 with 3000 warm-up steps and cosine
+decay, set in the trainer config. Under accumulation an update reorders when any of its micro-batches is a
+scheduled step, so the schedule fires whatever accum_steps is; metrics.jsonl counts the reorders.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class HybridOrderConfig(SAEConfig):
     """Reorder every this many steps (None: the paper's 500 of 4882 steps, as a share, at most 500) ..."""
     step_settings: ClassVar[dict] = {"reorder_start": (2000 / 4882, 2000), "reorder_every": (500 / 4882, 500)}
     reorder_tau: float = 0.1
-    """... or whenever the mean variance of recent firing shares exceeds tau."""
+    """... or whenever the mean variance of recent firing shares exceeds tau (shares: fractions of each batch's
+    tokens, as the paper defines c_i, so tau means the same at any batch size; counts would scale it by B^2)."""
 
 
 class HybridOrderSAE(SAE):
