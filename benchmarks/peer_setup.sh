@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv-peers (once; re-running is safe): EleutherAI's sparsify (eai-sparsify from PyPI) beside osae
 # itself, with torch held at the project's 2.13.0 by a constraints file, so benchmarks/peer_sparsify.py can
-# drive both trainers on the same torch. Nothing here may pull a CUDA build of torch (nvidia-* or triton
+# drive both trainers on the same torch; SAELens and dictionary_learning for benchmarks/peer_formats.py. Nothing here may pull a CUDA build of torch (nvidia-* or triton
 # wheels): every install is resolved with --dry-run first and refused if it would.
 #
 #     bash benchmarks/peer_setup.sh            # then: .venv-peers/bin/python benchmarks/peer_sparsify.py --help
@@ -47,6 +47,12 @@ check_plan "torch==$TORCH"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "torch==$TORCH"
 check_plan eai-sparsify
 "${PIP[@]}" install -q -c "$CONSTRAINTS" eai-sparsify
+# SAELens and dictionary_learning for benchmarks/peer_formats.py (their own loaders and savers against osae's).
+check_plan sae-lens dictionary-learning
+"${PIP[@]}" install -q -c "$CONSTRAINTS" sae-lens dictionary-learning
+# dictionary-learning pulls torchvision, whose compiled operators do not load under this torch ("operator
+# torchvision::nms does not exist"), and transformers then fails to import; nothing here needs torchvision.
+"${PIP[@]}" uninstall -q -y torchvision
 check_plan -e .
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -e .
 
@@ -60,7 +66,7 @@ if torch.__version__.split("+")[0] != want:
 cuda = sorted(d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].lower().startswith("nvidia-"))
 if cuda:
     sys.exit(f"peer_setup: .venv-peers holds CUDA wheels ({', '.join(cuda)}); remove .venv-peers and rerun")
-import osae, sparsify  # noqa: E401,F401 (both importable from one interpreter)
+import osae, sparsify, sae_lens, dictionary_learning  # noqa: E401,F401 (all importable from one interpreter)
 print(f"peer_setup: .venv-peers ready: torch {torch.__version__}, eai-sparsify {md.version('eai-sparsify')}, "
       f"osae {md.version('osae')}")
 EOF
