@@ -177,6 +177,17 @@ def test_hybridorder_reorders_on_schedule_under_gradient_accumulation(toy, tmp_p
     assert [(l["step"], l["reorders"]) for l in lines] == [(8, 0), (16, 1), (24, 2), (32, 4), (40, 5)]
 
 
+def test_random_matryoshka_with_reorder_ema_resorts_after_every_update(toy, tmp_path):
+    config = {"d_sae": 32, "k": 3, "groups": 3, "selection": "token", "reorder_ema": 0.9}
+    spec = SAESpec("matryoshka-random", 0, config, lr=1e-3)
+    fit(_cfg(toy, tmp_path / "run", [spec], tokens=256 * 20, log_every=10, checkpoint_every=10), progress=False)
+    lines = [json.loads(l) for l in (tmp_path / "run" / spec.name / "metrics.jsonl").read_text().splitlines()]
+    assert [(l["step"], l["reorders"]) for l in lines] == [(10, 10), (20, 20)]
+    weights = load_file(str(tmp_path / "run" / spec.name / "sae.safetensors"))
+    ema = weights["importance_ema"]
+    assert float(ema[0]) > 0 and bool((ema[:-1] >= ema[1:]).all())  # the last update left them sorted
+
+
 def _store_with(path, bad_rows, value: float) -> Path:
     """4096 random rows of width 8 with `value` written into `bad_rows` (NaN: bad activations; 1e30: finite
     rows whose squared error overflows float32, a non-finite loss)."""

@@ -61,9 +61,14 @@ class MatryoshkaRandomConfig(BatchTopKConfig):
     """Exponent of the boundary law."""
     selection: str = "batch"
     """batch (BatchTopK, the default) or token (per-token TopK)."""
+    reorder_ema: float | None = None
+    """When set (Nabeshima's recipe uses 0.95): after every update, re-sort latents by decreasing EMA of
+    E[z_j^2] (atoms are unit norm, so E[(z_j ||d_j||)^2]), with the optimizer state."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.reorder_ema is not None and not 0 < self.reorder_ema < 1:
+            raise UsageError(f"reorder_ema must be in (0, 1); got {self.reorder_ema}")
         if not 1 <= self.groups <= self.d_sae:
             raise UsageError(f"groups must be in [1, d_sae={self.d_sae}]; got {self.groups}")
         if not 1 <= self.b_min < self.d_sae:
@@ -122,6 +127,33 @@ class MatryoshkaSAE(BatchTopKSAE):
 
 class MatryoshkaRandomSAE(MatryoshkaSAE):
     ARCHITECTURE = ARCHITECTURE_RANDOM
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.reorder_ema is not None:  # only then: checkpoints without the option keep their state dict
+            self.register_buffer("importance_ema", torch.zeros(cfg.d_sae))
+
+    def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
+        out = super().forward(x_BD, ctx)
+        if self.cfg.reorder_ema is not None:
+            out.stats["sum_sq"] = ("sum", out.code.sum_sq(self.cfg.d_sae).float())
+            out.stats["tokens"] = ("sum", x_BD.new_tensor(float(len(x_BD))))
+        return out
+
+    @torch.no_grad()
+    def update_statistics(self, stats, step: int) -> None:
+        super().update_statistics(stats, step)
+        if self.cfg.reorder_ema is not None:
+            b = self.cfg.reorder_ema
+            self.importance_ema.mul_(b).add_((1 - b) * stats["sum_sq"] / stats["tokens"])
+
+    def permutation_due(self, steps: range) -> torch.Tensor | None:
+        if self.cfg.reorder_ema is None:
+            return None
+        return torch.sort(-self.importance_ema, stable=True).indices  # ties: lower index first
+
+    def latent_buffers(self) -> list[str]:
+        return ["importance_ema"] if self.cfg.reorder_ema is not None else []
 
     def levels(self, step: int) -> tuple[list[int], np.ndarray]:
         # A fresh draw every step, reproducible from (seed, step): resumes see the same boundaries.
