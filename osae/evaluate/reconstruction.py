@@ -102,10 +102,13 @@ def reconstruction_metrics(
     return acc.result(store.d_model(hook))
 
 
-def power_law(values: np.ndarray) -> dict:
-    """OLS fit of log10 v_r = a + b log10 r over the positive values sorted decreasingly (methods.md 4.7)."""
+def power_law(values: np.ndarray, top: float = 1.0) -> dict:
+    """OLS fit of log10 v_r = a + b log10 r over the positive values sorted decreasingly (methods.md 4.7),
+    over the first `top` share of those ranks (the last ranks of a trained SAE bend down, which lowers R^2 of
+    a fit over all of them)."""
     v = np.sort(np.asarray(values, dtype=np.float64))[::-1]
     v = v[v > 0]
+    v = v[: max(1, int(round(top * len(v))))]
     if len(v) < 3:
         return {"exponent": None, "r2": None, "n": len(v)}
     lr, lv = np.log10(np.arange(1, len(v) + 1)), np.log10(v)

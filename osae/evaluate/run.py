@@ -197,6 +197,7 @@ def evaluate(
         entry.update(
             power_law_exponent=ea2["exponent"],
             power_law_r2=ea2["r2"],
+            power_law_top90=power_law(rec["ea2"], top=0.9),  # the fit without the bent tail of the last ranks
             power_law_freq=power_law(rec["freq"]),
             power_law_decoder_spectrum=power_law(torch.linalg.svdvals(sae.W_dec.detach().double()).pow(2).numpy()),
         )

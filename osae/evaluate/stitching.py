@@ -6,6 +6,10 @@ small SAE S's reconstruction and measure the change of the squared error over th
 novel if dMSE_j < -tol (S lacked it), reconstruction if dMSE_j > tol (it overlaps S), no change otherwise
 (in practice: never fired). tol = 1e-9 * MSE_S. Also reported: the share of large latents whose best cosine
 with any small atom is below 0.7 (a heuristic of the stitching write-up), and how often the two agree.
+Two checks of how firm the split is: the novel share among large latents below and above index K_small (an
+ordered large SAE should repeat the small one in its first K_small latents), and the split when |dMSE_j| must
+exceed a margin times the latent's own contribution E[(z^L_j)^2 ||d^L_j||^2] (MARGINS), the rest counting as
+no change.
 Each SAE reads the rows in its own training units; d^L_j is L's atom taken to store units, so any
 normalisation (none, scalar, standardize) works.
 """
@@ -17,6 +21,8 @@ import torch
 from osae.errors import UsageError
 from osae.evaluate.batches import checkpoint_normalizer, encode_rows, reconstruct
 from osae.store import ActivationStore, Normalizer, iter_rows
+
+MARGINS = (0.1, 0.2, 0.5)
 
 
 def atoms_in_store_units(sae, normalizer: Normalizer) -> torch.Tensor:
@@ -62,6 +68,12 @@ def stitching(
         .numpy()
     )
     heuristic = cos < 0.7
+    energy = sq.cpu().numpy() / n
+    Ks = sae_s.cfg.d_sae
+    margins = {
+        str(m): {"novel": float((d_mse < -m * energy).mean()), "reconstruction": float((d_mse > m * energy).mean())}
+        for m in MARGINS
+    }
     return {
         "novel_fraction": float(novel.mean()),
         "reconstruction_fraction": float(recon.mean()),
@@ -69,6 +81,9 @@ def stitching(
         "never_fired_fraction": float((sq.cpu().numpy() == 0).mean()),
         "cosine_heuristic_novel_fraction": float(heuristic.mean()),
         "heuristic_agreement": float((heuristic == novel).mean()),
+        "novel_fraction_below_small": float(novel[:Ks].mean()) if Ks < K else float(novel.mean()),
+        "novel_fraction_above_small": float(novel[Ks:].mean()) if Ks < K else None,
+        "margins": margins,
         "tokens": n,
         "d_sae_small": sae_s.cfg.d_sae,
         "d_sae_large": K,

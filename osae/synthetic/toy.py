@@ -3,8 +3,9 @@
 d-dimensional samples x = D* y: K unit atoms with Zipf(alpha) frequency prior, m distinct active atoms per
 sample drawn by weighted sampling without replacement, half-normal coefficients, no noise and no bias.
 Atom order = decreasing prior = the ground-truth order. Seeds: seed -> D*; (seed+1, b) -> seed block b (rows
-4096 b .. 4096 b + 4095) of the training codes; (seed+2, b) -> that of the validation codes (the store's
-evaluation split). The codes are generated, written and stored sparse (`sampling.py`), so memory does not grow
+4096 b .. 4096 b + 4095) of the training codes; (seed+2, b) -> that of the validation codes, or with
+held_out="test" (seed+3, b) -> that of the test codes (the store's evaluation split). A test store shares D*
+and the training rows with its validation store, so settings chosen on one are scored on unseen rows. The codes are generated, written and stored sparse (`sampling.py`), so memory does not grow
 with n or K * n.
 """
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 TOY_HOOK = "toy"
 
 
+HELD_OUT_SEED = {"validation": 2, "test": 3}  # offsets from the seed (methods.md 5.1)
+
+
 @dataclass
 class ToyConfig:
     d: int = 80
@@ -42,11 +46,15 @@ class ToyConfig:
     alpha: float = 1.2
     """Zipf exponent of the frequency prior."""
     seed: int = 0
+    held_out: str = "validation"
+    """Which held-out rows form the evaluation split: validation (seed+2) or test (seed+3), same D*."""
 
     def __post_init__(self) -> None:
         for name in ("d", "n_atoms", "m", "n", "n_eval"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.held_out not in HELD_OUT_SEED:
+            raise UsageError(f"held_out must be validation or test; got {self.held_out!r}")
         if self.m > self.n_atoms:
             raise UsageError(f"m must be in [1, n_atoms={self.n_atoms}]; got {self.m}")
 
@@ -82,7 +90,7 @@ def _rebatch(blocks: Iterator[tuple[np.ndarray, ...]], rows: int) -> Iterator[tu
 def toy_rows(cfg: ToyConfig, dictionary: np.ndarray, prior: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
     """The store's rows in order, training then held-out, as (x (r, d) float32, indices (r, m) int32, values
     (r, m) float32) blocks of at most SEED_BLOCK_ROWS rows."""
-    for stream_seed, n in ((cfg.seed + 1, cfg.n), (cfg.seed + 2, cfg.n_eval)):
+    for stream_seed, n in ((cfg.seed + 1, cfg.n), (cfg.seed + HELD_OUT_SEED[cfg.held_out], cfg.n_eval)):
         for indices, values in iter_codes(stream_seed, n, prior, cfg.m):
             yield decode(indices, values, dictionary), indices, values
 

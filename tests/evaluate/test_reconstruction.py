@@ -53,6 +53,14 @@ def test_a_known_power_law_is_recovered():
     assert noisy["exponent"] == pytest.approx(-1.2, abs=0.02) and noisy["r2"] > 0.99
 
 
+def test_the_top_ranks_fit_ignores_a_bent_tail():
+    r = np.arange(1, 1001)
+    v = r**-0.8 * np.where(r > 900, np.exp(-(r - 900) / 10.0), 1.0)  # the last 10% of ranks fall away
+    whole, top = power_law(v), power_law(v, top=0.9)
+    assert top["n"] == 900 and top["exponent"] == pytest.approx(-0.8, abs=1e-9) and top["r2"] == pytest.approx(1.0)
+    assert whole["r2"] < 0.9 and whole["exponent"] < -0.9
+
+
 def test_rsa_is_one_for_a_perfect_reconstruction_and_lower_otherwise(toy):
     from osae.evaluate.reconstruction import rsa
 

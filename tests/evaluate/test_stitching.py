@@ -39,6 +39,11 @@ def test_stitching_finds_exactly_the_atoms_the_small_sae_lacks(tmp_path):
     assert r["reconstruction_fraction"] == pytest.approx(6 / 16)
     assert r["novel_fraction"] == pytest.approx(6 / 16)
     assert r["no_change_fraction"] == pytest.approx(4 / 16) and r["never_fired_fraction"] == pytest.approx(4 / 16)
+    # the large SAE's first 6 latents are the small one's; its new ones all sit above index 6
+    assert r["novel_fraction_below_small"] == 0 and r["novel_fraction_above_small"] == pytest.approx(6 / 10)
+    # dMSE_j is exactly -E_j (new) or +E_j (repeated): the split holds at any margin below 1
+    for margin in r["margins"].values():
+        assert margin == {"novel": pytest.approx(6 / 16), "reconstruction": pytest.approx(6 / 16)}
 
 
 def _standardized(atoms: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor):

@@ -43,6 +43,16 @@ def test_rows_do_not_depend_on_how_many_are_generated(tmp_path):
     assert (short.read_acts(TOY_HOOK, 5000, 8000) == long.read_acts(TOY_HOOK, 9000, 12000)).all()
 
 
+def test_a_test_store_shares_atoms_and_training_rows_but_not_its_held_out_rows(tmp_path):
+    write_toy_store(tmp_path / "val.zarr", CFG)
+    write_toy_store(tmp_path / "test.zarr", ToyConfig(**{**CFG.__dict__, "held_out": "test"}))
+    val, test = ActivationStore(tmp_path / "val.zarr"), ActivationStore(tmp_path / "test.zarr")
+    assert (val.ground_truth()["dictionary"] == test.ground_truth()["dictionary"]).all()
+    assert (val.read_acts(TOY_HOOK, 0, 9000) == test.read_acts(TOY_HOOK, 0, 9000)).all()
+    held_val, held_test = val.read_acts(TOY_HOOK, 9000, 12000), test.read_acts(TOY_HOOK, 9000, 12000)
+    assert not np.isclose(held_val, held_test).all(axis=1).any()  # no held-out row in common
+
+
 def test_sparse_true_codes_reproduce_every_row(tmp_path):
     write_toy_store(tmp_path / "t.zarr", CFG)
     store = ActivationStore(tmp_path / "t.zarr")
