@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh
 . .venv/bin/activate
-python scripts/reproduce.py --out "${OUT:-out/reproduce}" --docs docs "$@"
+python scripts/reproduce.py ${OUT:+--out "$OUT"} "$@"

@@ -53,6 +53,8 @@ def _open_and_check(cfg: TrainConfig, world: int) -> tuple[ActivationStore, str,
     for spec in cfg.saes:
         try:
             spec.build_config(d_in, cfg.n_steps)
+        except UsageError:
+            raise  # already names the SAE
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{spec.name}: {str(exc).splitlines()[0]}") from None
     return store, hook, d_in

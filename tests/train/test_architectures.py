@@ -190,3 +190,27 @@ def test_bad_sizes_are_refused():
         build("topk", d_in=D, d_sae=0, k=1)
     with pytest.raises(ValueError, match="unknown architecture"):
         build("sparsemax", d_in=D, d_sae=K, k=k)
+
+
+@pytest.mark.parametrize(
+    "arch,extra",
+    [
+        ("topk", {}),
+        ("osae", {}),
+        ("batchtopk", {"threshold_start": 0}),
+        ("matryoshka", {"selection": "token", "threshold_start": 0}),
+        ("matryoshka", {"selection": "batch", "threshold_start": 0}),
+    ],
+)
+def test_every_top_m_architecture_warms_k_down_from_k_init(arch, extra):
+    sae = build(arch, d_in=D, d_sae=K, k=k, k_init=24, k_warmup_steps=10, **extra)
+    with torch.no_grad():
+        sae.b_enc += 100.0  # every pre-activation positive: the code keeps exactly what the rule selects
+    mean_l0 = [float(_observe(sae, _x(s), s).code.l0().float().mean()) for s in (0, 5, 10)]
+    assert mean_l0 == pytest.approx([24, 14, k])  # k_t = round(24 - 20 t / 10), then k
+    if arch == "batchtopk" or extra.get("selection") == "batch":
+        # BatchTopK-style codes: the inference threshold waits for the warm-up's end
+        assert float(sae.threshold) > 0
+        fresh = build(arch, d_in=D, d_sae=K, k=k, k_init=24, k_warmup_steps=10, **extra)
+        _observe(fresh, _x(), 5)
+        assert float(fresh.threshold) < 0

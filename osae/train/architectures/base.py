@@ -130,7 +130,7 @@ class SAEConfig:
 
 @dataclass
 class KWarmupConfig(SAEConfig):
-    """An architecture whose training k starts larger and falls linearly to k (TopK, OSAE)."""
+    """An architecture whose training k starts larger and falls linearly to k (TopK, BatchTopK, Matryoshka, OSAE)."""
 
     k_init: int | None = None
     """First k of the warm-up (None: d_sae); equal to k turns the warm-up off."""

@@ -2,7 +2,8 @@
 
 Training keeps the k * B largest ReLU'd pre-activations of the whole batch (mean L0 = k). Inference uses
 one threshold theta, an EMA (beta = 0.999, from step 1000) of the smallest kept activation per batch:
-z_j = pre_j * 1[pre_j > theta]. L = ||x - x_hat||^2 + alpha * L_aux.
+z_j = pre_j * 1[pre_j > theta]. L = ||x - x_hat||^2 + alpha * L_aux. With a k warm-up (k_init,
+k_warmup_steps) the batch keeps k_t * B entries, and the threshold is tracked only once k_t = k.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from osae.distributed import SINGLE, Collective
-from osae.train.architectures.base import SAE, ForwardOutput, SAEConfig, StepContext, aux_k_loss
+from osae.train.architectures.base import SAE, ForwardOutput, KWarmupConfig, StepContext, aux_k_loss
 from osae.train.architectures.codes import SparseCode
 from osae.train.architectures.selection import PreActs, batch_topk_code, threshold_code
 
@@ -21,12 +22,12 @@ ARCHITECTURE = "batchtopk"
 
 
 @dataclass
-class BatchTopKConfig(SAEConfig):
+class BatchTopKConfig(KWarmupConfig):
     threshold_beta: float = 0.999
     """EMA factor of the inference threshold."""
     threshold_start: int | None = None
     """Training step from which the threshold is tracked (None: a tenth of the run, at most 1000)."""
-    step_settings: ClassVar[dict] = {"threshold_start": (0.1, 1000)}
+    step_settings: ClassVar[dict] = {"threshold_start": (0.1, 1000), "k_warmup_steps": None}
     saelens: ClassVar[str] = "jumprelu"  # one global threshold: z = pre * 1[pre > theta] is a JumpReLU
 
 
@@ -43,13 +44,15 @@ class BatchTopKSAE(SAE):
             return batch_topk_code(pre, self.cfg.k)
         return threshold_code(pre, float(self.threshold))
 
-    def train_code(self, pre_BF: torch.Tensor | PreActs, collective: Collective = SINGLE) -> SparseCode:
-        return batch_topk_code(pre_BF, self.cfg.k, collective)
+    def train_code(
+        self, pre_BF: torch.Tensor | PreActs, collective: Collective = SINGLE, k: int | None = None
+    ) -> SparseCode:
+        return batch_topk_code(pre_BF, self.cfg.k if k is None else k, collective)
 
     def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
         ctx = ctx or StepContext()
         pre = self.train_pre_acts(x_BD)
-        code = self.train_code(pre, ctx.collective)
+        code = self.train_code(pre, ctx.collective, self.cfg.k_at(ctx.step))
         recon = self.decode(code)
         losses = {
             "mse": ((recon - x_BD) ** 2).sum(1).mean(),
@@ -70,7 +73,7 @@ class BatchTopKSAE(SAE):
     @torch.no_grad()
     def update_threshold(self, m: torch.Tensor, step: int) -> None:
         """EMA of the batch's smallest kept activation `m`, from `threshold_start` on."""
-        if step < self.cfg.threshold_start or not bool(torch.isfinite(m)):
+        if step < max(self.cfg.threshold_start, self.cfg.k_warmup_steps) or not bool(torch.isfinite(m)):
             return
         if float(self.threshold) < 0:
             self.threshold.copy_(m)

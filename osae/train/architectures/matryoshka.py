@@ -97,10 +97,10 @@ class MatryoshkaSAE(BatchTopKSAE):
         c = np.asarray(self.cfg.level_weights or [1.0 / len(w)] * len(w), dtype=np.float64)
         return w, c
 
-    def train_code(self, pre_BF, collective=SINGLE):
+    def train_code(self, pre_BF, collective=SINGLE, k: int | None = None):
         if self.cfg.selection == "token":
-            return topk_code(pre_BF, self.cfg.k)
-        return super().train_code(pre_BF, collective)
+            return topk_code(pre_BF, self.cfg.k if k is None else k)
+        return super().train_code(pre_BF, collective, k)
 
     def encode(self, x_BD):
         if self.cfg.selection == "token":
@@ -110,7 +110,7 @@ class MatryoshkaSAE(BatchTopKSAE):
     def forward(self, x_BD: torch.Tensor, ctx: StepContext | None = None) -> ForwardOutput:
         ctx = ctx or StepContext()
         pre = self.train_pre_acts(x_BD)
-        code = self.train_code(pre, ctx.collective)
+        code = self.train_code(pre, ctx.collective, self.cfg.k_at(ctx.step))
         widths, weights = self.levels(ctx.step)
         r = x_BD - self.b_dec
         prefixes = code.decode_nested(self.W_dec, widths)  # each entry decoded once, in its band
