@@ -265,7 +265,8 @@ def evaluate(
     stitched = []
     for a, b in combinations(names, 2):
         (sa, ca, _), (sb, cb, _) = loaded[a], loaded[b]
-        if ca["architecture"] != cb["architecture"] or sa.cfg.d_sae == sb.cfg.d_sae:
+        # seeds: two sizes of one architecture; all: any two sizes, from any architecture or library
+        if sa.cfg.d_sae == sb.cfg.d_sae or (pairs == "seeds" and ca["architecture"] != cb["architecture"]):
             continue
         small, large = ((a, sa, ca), (b, sb, cb)) if sa.cfg.d_sae < sb.cfg.d_sae else ((b, sb, cb), (a, sa, ca))
         try:

@@ -19,10 +19,14 @@ def toy_cmd(
     n: int = typer.Option(100_000, help="Training samples."),
     n_eval: int = typer.Option(10_000, "--n-eval", help="Held-out samples (the evaluation split)."),
     held_out: str = typer.Option(
-        "validation", "--held-out", help="validation or test: which held-out rows (same atoms) form the evaluation split."
+        "validation",
+        "--held-out",
+        help="validation or test: which held-out rows (same atoms) form the evaluation split.",
     ),
     alpha: float = typer.Option(1.2, help="Zipf exponent of the atom frequencies."),
-    seed: int = typer.Option(0, help="Seed (seed: atoms, seed+1: training codes, seed+2: validation codes, seed+3: test codes)."),
+    seed: int = typer.Option(
+        0, help="Seed (seed: atoms, seed+1: training codes, seed+2: validation codes, seed+3: test codes)."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
 ) -> None:
     """Write the OSAE paper's Gaussian toy data (methods.md section 5) as a store with its ground truth.

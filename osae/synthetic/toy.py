@@ -5,8 +5,8 @@ sample drawn by weighted sampling without replacement, half-normal coefficients,
 Atom order = decreasing prior = the ground-truth order. Seeds: seed -> D*; (seed+1, b) -> seed block b (rows
 4096 b .. 4096 b + 4095) of the training codes; (seed+2, b) -> that of the validation codes, or with
 held_out="test" (seed+3, b) -> that of the test codes (the store's evaluation split). A test store shares D*
-and the training rows with its validation store, so settings chosen on one are scored on unseen rows. The codes are generated, written and stored sparse (`sampling.py`), so memory does not grow
-with n or K * n.
+and the training rows with its validation store, so settings chosen on one are scored on unseen rows. The
+codes are generated, written and stored sparse (`sampling.py`), so memory does not grow with n or K * n.
 """
 
 from __future__ import annotations

@@ -406,6 +406,28 @@ def test_pairs_all_compares_an_osae_topk_with_a_saelens_export(run, tmp_path):
     assert "blocks.0.store" in result["notes"]
 
 
+def test_pairs_all_stitches_a_larger_saelens_sae_into_an_osae_one(run, tmp_path):
+    ckpt = run / "run" / "topk-K32-k3-s0"
+    own = json.loads((ckpt / "config.json").read_text())
+    d, big = own["d_in"], 64
+    weights = {"W_enc": _rand(d, big, seed=1), "b_enc": _rand(big, seed=3) * 0.1, "b_dec": torch.zeros(d)}
+    weights["W_dec"] = torch.nn.functional.normalize(_rand(big, d, seed=2), dim=1)
+    sl = tmp_path / "sl"
+    sl.mkdir()
+    save_file(weights, str(sl / "sae_weights.safetensors"))
+    cfg = {"architecture": "standard", "d_in": d, "d_sae": big, "dtype": "float32", "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "metadata": {"hook_name": own["hook"]}}  # fmt: skip
+    (sl / "cfg.json").write_text(json.dumps(cfg))
+    args = [ckpt, sl, "--store", run / "toy.zarr", "--no-model", "--json"]
+    assert json.loads(_osae("evaluate", *args).stdout)["stitching"] == []  # seeds: one architecture only
+    proc = _osae("evaluate", *args, "--pairs", "all")
+    assert proc.returncode == 0, proc.stderr
+    (st,) = json.loads(proc.stdout)["stitching"]
+    assert (st["small"], st["large"], st["d_sae_small"], st["d_sae_large"]) == ("topk-K32-k3-s0", "sl", 32, big)
+    parts = st["novel_fraction"] + st["reconstruction_fraction"] + st["no_change_fraction"]
+    assert parts == pytest.approx(1.0) and st["never_fired_fraction"] < 1  # random atoms fire, and mostly hurt
+
+
 def test_permute_and_inspect_accept_foreign_checkpoints(run, tmp_path):
     from osae.evaluate.batches import checkpoint_normalizer, reconstruct
 
