@@ -52,8 +52,9 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def permuted(checkpoint: Path, store: Path, by: str, max_tokens: int) -> Path:
-    """`checkpoint` re-ordered post hoc (by E[z^2] or firing frequency), beside it as <name>-<by>."""
-    out = checkpoint.parent / f"{checkpoint.name}-{by}"
+    """`checkpoint` re-ordered post hoc (by E[z^2] or firing frequency), as <run>-sorted/<name>-<by>: outside
+    its run directory, so that evaluating the run never picks the copies up."""
+    out = checkpoint.parent.with_name(f"{checkpoint.parent.name}-sorted") / f"{checkpoint.name}-{by}"
     if not (out / "config.json").exists():
         permute_checkpoint(checkpoint, str(store), out, by=by, max_tokens=max_tokens)
     return out
