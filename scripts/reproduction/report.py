@@ -52,7 +52,15 @@ def toy_section(toy: dict) -> dict:
     for arch, scores in toy["grid"].items():
         grid.append(f"| {names[arch]} | " + " | ".join(f"{v:.2e}" for v in scores.values()) +
                     f" | {toy['chosen_lr'][arch]:g} |")  # fmt: skip
-    return {"toy_table": "\n".join(rows), "toy_grid": "\n".join(grid),
+    top = max(float(lr) for lr in next(iter(toy["grid"].values())))
+    at_edge = [names[a] for a, lr in toy["chosen_lr"].items() if lr == top]
+    edge = (
+        f"{', '.join(at_edge)} chose the grid's largest rate ({top:g}): a larger one might reconstruct better still, "
+        f"so these families are tuned within the grid, not beyond it."
+        if at_edge
+        else "Every family's chosen rate lies inside the grid."
+    )
+    return {"toy_table": "\n".join(rows), "toy_grid": "\n".join(grid), "toy_grid_note": edge,
             "toy_verdicts": "\n".join(toy_verdicts(means, names)), **toy["plan"]}  # fmt: skip
 
 
@@ -215,6 +223,7 @@ def stitch_section(st: dict) -> dict:
             + f" | {100 * PAPER_NOVEL[a]:.1f}% |"
         )
         same[a] = {"novel": cell(a, a, "novel_fraction")[0], "novel_20": cell(a, a, None, "0.2")[0]}
+    swap_means = {(s, g): cell(s, g, "novel_fraction")[0] for s in ARCHS for g in ARCHS}
     swap = ["| small \\ large | " + " | ".join(ARCHS) + " |", "|---|" + "---|" * len(ARCHS)]
     for small in ARCHS:
         swap.append(f"| {small} | " + " | ".join(pc(cell(small, large, "novel_fraction")) for large in ARCHS) + " |")
@@ -227,7 +236,7 @@ def stitch_section(st: dict) -> dict:
     return {
         "stitch_table": "\n".join(table),
         "stitch_swap": "\n".join(swap),
-        "stitch_verdicts": "\n".join(stitch_verdicts(same, fvu_ok)),
+        "stitch_verdicts": "\n".join(stitch_verdicts(same, fvu_ok, swap_means)),
         "stitch_seeds_last": st["seeds"] - 1,
         "stitch_tokens": st["tokens"],
     }

@@ -102,10 +102,15 @@ def lm_verdicts(at, titles: list[str], K: int, labels: dict, families: list[str]
 
 
 # -- stitching ------------------------------------------------------------------------------------
-def stitch_verdicts(same: dict, fvu_ok: dict) -> list[str]:
-    """`same[arch]`: mean novel fraction (and at a 20% margin) of arch's small <- arch's large."""
+def stitch_verdicts(same: dict, fvu_ok: dict, swap: dict) -> list[str]:
+    """`same[arch]`: mean novel fraction (and at a 20% margin) of arch's small <- arch's large; `swap[(small,
+    large)]`: the mean novel fraction of every pairing, to tell which SAE moves it."""
     o, b = same["osae"], same["batchtopk"]
     trained = all(fvu_ok.values())
+    archs = sorted({s for s, _ in swap})
+    by_large = np.mean([abs(swap[(s, archs[0])] - swap[(s, archs[1])]) for s in archs])
+    by_small = np.mean([abs(swap[(archs[0], g)] - swap[(archs[1], g)]) for g in archs])
+    mover = "large" if by_large > by_small else "small"
     return [
         "- *Each large SAE reconstructs better than its small one* (otherwise stitching measures under-training): "
         + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in fvu_ok.items())
@@ -115,6 +120,10 @@ def stitch_verdicts(same: dict, fvu_ok: dict) -> list[str]:
         f"{100 * o['novel']:.1f}%, BatchTopK {100 * b['novel']:.1f}%: {verdict(o['novel'] < b['novel'])}; at a 20% "
         f"margin {100 * o['novel_20']:.1f}% against {100 * b['novel_20']:.1f}%: "
         f"{verdict(o['novel_20'] < b['novel_20'])}.",
+        f"- Which SAE moves the fraction: changing the large SAE's architecture changes the novel share by "
+        f"{100 * by_large:.1f} points on average, changing the small one's by {100 * by_small:.1f}: the {mover} SAE "
+        f"decides it here, so the novel fraction is "
+        + ("a property of the larger dictionary." if mover == "large" else "mostly about what the small SAE lacks."),
     ]
 
 
