@@ -147,8 +147,8 @@ def progressive_verdicts(d: dict, G: int) -> list[str]:
         f"{verdict(fv('matryoshka') < fv('topk-ea2'))}; OSAE {fv('osae'):.3f} (CE {ce('osae'):.3f}), Fixed MSAE on "
         f"BatchTopK {fv('matryoshka-batch'):.3f}.",
         f"- *E[z^2] of a TopK SAE follows a power law* (the paper: exponents -0.54 to -1.27 with R^2 of about 0.92 "
-        f"on Gemma-2-2B SAEs trained on 50M tokens; the paper's reading is a fit over the ranks of live, "
-        f"well-trained latents): over every rank exponent {tk['power_law_exponent']:.2f}, R^2 "
+        f"on Gemma-2-2B SAEs trained on 50M tokens; it does not say over which ranks, and we read it as the fit of "
+        f"the head, the first 90%): over every rank exponent {tk['power_law_exponent']:.2f}, R^2 "
         f"{tk['power_law_r2']:.2f}; over the first 90% of ranks exponent {law['exponent']:.2f}, R^2 "
         f"{law['r2']:.2f}: {verdict(law['r2'] > 0.85)} that a power law describes the head of the spectrum "
         f"(R^2 > 0.85); the last ranks bend down.",
