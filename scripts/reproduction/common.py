@@ -60,32 +60,11 @@ def permuted(checkpoint: Path, store: Path, by: str, max_tokens: int) -> Path:
     return out
 
 
-def family(name: str) -> str:
-    """The family part of a checkpoint name: 'topk-K1024-k16-s3-ea2' -> 'topk-ea2', 'osae-K100-k5-s0' -> 'osae'."""
-    base, rest = name.rsplit("-K", 1)
-    tail = rest.split("-")[3:]  # after K.., k.., s..
-    return "-".join([base, *tail])
-
-
-def seed_of(name: str) -> int:
-    return int(name.rsplit("-K", 1)[1].split("-")[2][1:])
-
-
 def mean_std(values) -> str:
     v = [x for x in values if x is not None and np.isfinite(x)]
     if not v:
         return "n/a"
     return f"{np.mean(v):.3f} ({np.std(v, ddof=1) if len(v) > 1 else 0:.3f})"
-
-
-def ci95(values) -> float:
-    """Half-width of the 95% t-interval of the mean."""
-    from scipy.stats import t
-
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if len(v) < 2:
-        return 0.0
-    return float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
 def metrics_curve(sae_dir: Path) -> tuple[list[int], list[float]]:

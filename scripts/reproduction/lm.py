@@ -12,7 +12,7 @@ from itertools import product
 from pathlib import Path
 
 from osae.evaluate.consistency import match, prefix_curves
-from osae.evaluate.run import evaluate, public
+from osae.evaluate.run import display_names, evaluate, public
 from osae.harvest import HarvestConfig, harvest
 from osae.train.checkpoint import load_frozen
 from osae.train.config import SAESpec, TrainConfig
@@ -142,8 +142,6 @@ def detail(found: dict[str, list[Path]], store: Path, lm_tokens: int) -> dict:
     """Seed 0 of every family on source A with the model: CE / KL, progressive coding, power laws."""
     paths = {label: ckpts[0] for label, ckpts in found.items()}
     r = evaluate([str(p) for p in paths.values()], str(store), max_tokens=50_000, lm_tokens=lm_tokens, z_tokens=20_000)
-    from osae.evaluate.run import display_names
-
     names = display_names(list(paths.values()))
     by_label = {label: public(r)["saes"][names[p]] for label, p in paths.items()}
     ea2 = {label: r["_figures"]["ea2"][names[p]] for label, p in paths.items()}

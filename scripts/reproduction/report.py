@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from osae.evaluate.report import power_law_plot, progressive_plot
+from osae.evaluate.report import _ci95, power_law_plot, progressive_plot
 from osae.plotting import pyplot, save_figure
 
 from . import lm as LM
 from . import toy as TOY
-from .common import STAGES, ci95, mean_std
+from .common import STAGES, mean_std
 from .stitch import ARCHS, PAPER_NOVEL
 from .verdicts import hybrid_verdicts, lm_verdicts, progressive_verdicts, stitch_verdicts, toy_verdicts
 
@@ -83,7 +83,7 @@ class Curves:
         curves = self.groups[title].get(family, [])
         ps = sorted({int(p) for c in curves for p in c})
         vals = [[c[str(p)][key] for c in curves if str(p) in c] for p in ps]
-        return ps, [float(np.mean(v)) for v in vals], [ci95(v) for v in vals]
+        return ps, [float(np.mean(v)) for v in vals], [_ci95(v) for v in vals]
 
     def prefixes(self, title: str) -> list[int]:
         return self.stats(title, "osae", "ord")[0]

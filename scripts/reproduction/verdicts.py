@@ -175,7 +175,3 @@ def hybrid_verdicts(h: dict) -> list[str]:
         f"{relu['fvu']:.3f}, L0 {ctrl['l0']:.1f} against {relu['l0']:.1f}, CE recovered "
         f"{ctrl['ce_loss_recovered']:.3f} against {relu['ce_loss_recovered']:.3f} (not at matched L0).",
     ]
-
-
-def mean(values) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")
