@@ -37,6 +37,7 @@ GROUPS = {
     "signum-sf-nowarmup": {"optimizer": "signum-sf", "lr_warmup_steps": 0},
     "adam-bf16": {**ADAM, "autocast": "bf16"},
     "adam-sf": {"optimizer": "adam-sf"},
+    "adam-decay100": {**ADAM, "lr_decay_frac": 1.0},
 }
 
 
