@@ -68,7 +68,9 @@ class ScheduleFree(torch.optim.Optimizer):
 def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], eps: float) -> torch.optim.Optimizer:
     if is_schedule_free(name):
         return ScheduleFree(params, lr, rms=name == "adam-sf", beta2=betas[1], eps=eps)
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+    # fused: one pass over each parameter instead of a dozen elementwise kernels (15 -> 2 CPU-ms a step at
+    # d=256, K=4096); the same update as the for-loop form up to rounding.
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def default_lr(name: str, d_sae: int) -> float:
