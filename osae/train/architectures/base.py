@@ -20,7 +20,7 @@ from torch import nn
 from osae.distributed import SINGLE, Collective
 from osae.errors import UsageError
 from osae.train.architectures.codes import Code
-from osae.train.architectures.selection import PreActs, scratch_pre_acts, topk_among
+from osae.train.architectures.selection import PreActs, topk_among
 
 
 @dataclass
@@ -179,9 +179,7 @@ class SAE(nn.Module):
 
     def train_pre_acts(self, x_BD: torch.Tensor) -> PreActs:
         """Pre-activations for a training forward whose code keeps chosen entries (sparse backward)."""
-        same_dtype = x_BD.dtype == self.W_enc.dtype
-        buffer = scratch_pre_acts(len(x_BD), self.cfg.d_sae, self.W_enc) if same_dtype else None
-        return PreActs.of(x_BD, self.W_enc, self.b_enc, self.b_dec, buffer)
+        return PreActs.of(x_BD, self.W_enc, self.b_enc, self.b_dec)
 
     def encode(self, x_BD: torch.Tensor) -> Code:
         """Inference-mode code (what evaluation uses)."""

@@ -74,22 +74,14 @@ class PreActs:
     b: torch.Tensor
 
     @classmethod
-    def of(
-        cls,
-        x_BD: torch.Tensor,
-        W_FD: torch.Tensor,
-        b_F: torch.Tensor,
-        b_dec_D: torch.Tensor,
-        buffer: torch.Tensor | None = None,
-    ) -> PreActs:
-        """`buffer`, a (B, F) tensor of the matmul's dtype, is written over: the B x F product lands in memory
-        that is already mapped (a fresh 64 MB result costs page faults worth ~30% of the matmul on the CPU)."""
+    def of(cls, x_BD: torch.Tensor, W_FD: torch.Tensor, b_F: torch.Tensor, b_dec_D: torch.Tensor) -> PreActs:
         xc = x_BD - b_dec_D
         with torch.no_grad():
-            if buffer is None:
+            block = _scratch_block(xc, W_FD)
+            if block is None:
                 dense = F.linear(xc, W_FD, b_F)
             else:
-                dense = torch.addmm(b_F, xc, W_FD.t(), out=buffer)
+                dense = torch.addmm(b_F, xc, W_FD.t(), out=block)
         return cls(dense, xc, W_FD, b_F)
 
     def take(self, idx: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,28 +94,26 @@ class PreActs:
         return _ChosenPreActs.apply(self.xc, self.W, self.b, idx, empty, vals.to(self.xc.dtype))
 
 
-class _Scratch:
-    """One reusable (B, F) block per process for the training forward's dense pre-activations.
-
-    Safe to share between SAEs because a forward only reads `PreActs.dense` while it chooses its code (the
-    chosen values are copied out, and the sparse backward never reads it). One slot: a different shape
-    replaces it, so a sweep of many SAEs holds one block, not one each. Not used under autocast (no out=)."""
-
-    block: torch.Tensor | None = None
-
-    @classmethod
-    def get(cls, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor | None:
-        if torch.is_autocast_enabled(like.device.type):
-            return None
-        b = cls.block
-        if b is None or b.shape != (rows, cols) or b.dtype != like.dtype or b.device != like.device:
-            cls.block = b = torch.empty(rows, cols, dtype=like.dtype, device=like.device)
-        return b
+# The training forward's dense (B, F) pre-activations go into one block per process that is written over
+# each step: a fresh 64 MB result costs page faults worth ~30% of the encoder matmul on the CPU. Sharing it
+# between SAEs is safe because a forward reads `PreActs.dense` only while it chooses its code (the chosen
+# values are copied out; the sparse backward never reads it). One slot, so a sweep holds one block.
+_SCRATCH: list[torch.Tensor] = []
 
 
-def scratch_pre_acts(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor | None:
-    """The shared block for a (rows, cols) training forward of `like`'s dtype and device, or None."""
-    return _Scratch.get(rows, cols, like)
+def _scratch_block(xc_BD: torch.Tensor, W_FD: torch.Tensor) -> torch.Tensor | None:
+    """The (B, F) block for xc W^T, or None under autocast (which has no out= form) or mixed dtypes."""
+    if torch.is_autocast_enabled(W_FD.device.type) or xc_BD.dtype != W_FD.dtype:
+        return None
+    shape = (len(xc_BD), W_FD.shape[0])
+    if (
+        not _SCRATCH
+        or _SCRATCH[0].shape != shape
+        or _SCRATCH[0].dtype != W_FD.dtype
+        or _SCRATCH[0].device != W_FD.device
+    ):
+        _SCRATCH[:] = [torch.empty(shape, dtype=W_FD.dtype, device=W_FD.device)]
+    return _SCRATCH[0]
 
 
 def _dense(pre: torch.Tensor | PreActs) -> torch.Tensor:
