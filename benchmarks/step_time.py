@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=k)
     ap.add_argument("--B", type=int, default=B)
     ap.add_argument("--profile", default="", help="comma-separated architectures to profile instead of timing")
+    ap.add_argument("--only", default="", help="case names separated by ; (default: all); topk is always timed")
     args = ap.parse_args()
     D, K, k, B = args.d, args.K, args.k, args.B
     base = {"d_sae": K, "k": k}
@@ -164,6 +165,12 @@ def main() -> None:
         **{f"{a} (dense backward)": (SAESpec(a, 0, base), {"dense_backward": True}) for a in sparse},
         **{f"{a} (bf16 autocast)": (SAESpec(a, 0, base), {"autocast": "bf16"}) for a in sparse},
     }
+    if args.only:
+        keep = {"topk", *args.only.split(";")}
+        unknown = keep - set(cases)
+        if unknown:
+            raise SystemExit(f"--only: unknown cases {sorted(unknown)}; choose from {sorted(cases)}")
+        cases = {n: c for n, c in cases.items() if n in keep}
     times = {name: [] for name in cases}
     for _ in range(args.rounds):
         for name, (spec, options) in cases.items():

@@ -14,6 +14,7 @@ All pi_j = 1 gives the plain TopK loss.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def ordered_loss_sparse(
@@ -22,68 +23,71 @@ def ordered_loss_sparse(
     idx_BN: torch.Tensor,
     W_dec_FD: torch.Tensor,
     pi_F: torch.Tensor,
-    chunk: int = 64,
+    chunk: int = 256,
 ) -> torch.Tensor:
     """Per-token expected loss (B,) for padded sparse codes (zero values are padding), with hand-written
     gradients (`_GramLoss`). `ordered_loss_gram` (autograd through the same algebra) and `ordered_loss_segment`
     (partial sums in index order) are the references the tests compare it with."""
-    return _GramLoss.apply(r_BD, vals_BN, idx_BN, W_dec_FD, pi_F.to(r_BD.dtype), chunk)
+    W, vals = W_dec_FD.to(r_BD.dtype), vals_BN.to(r_BD.dtype)  # autocast's codes may be bf16: the loss is not
+    wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r_BD, vals, W))
+    return _GramLoss.apply(r_BD, vals, idx_BN, W, pi_F.to(r_BD.dtype), chunk, wants_grad)
 
 
 class _GramLoss(torch.autograd.Function):
-    """The Gram form with its closed-form gradients (methods.md 3.5), per chunk of tokens:
-    forward  one gather of the active atoms and one batched product giving G = D_A D_A^T and c = D_A r;
-    backward with E_ji = a_i min(pi_i, pi_j):  eps_j = pi_j r - (E D_A)_j,
-             dL/da_j = -2 (pi_j c_j - sum_i E_ji G_ji),  dL/dd_j = -2 a_j eps_j (added into W_dec's rows),
-             dL/dr = 2 (r - sum_i pi_i a_i d_i).
-    G and c (chunk x n x n) are kept from the forward; the atoms are gathered again (a chunk's atoms stay
-    in cache, the whole batch's would not). Chunks of 64 tokens: measured fastest at d=256 on this CPU."""
+    """The Gram form as one quadratic form per token (methods.md 3.3, 3.5). The residual joins the active
+    atoms as one more row, with value -1 and inclusion weight 1: A = [D_A; r] ((n+1) x d), a = [a_A; -1],
+    p = [pi_A; 1], P_uv = min(p_u, p_v). With Y = (P diag(a)) A, one batched product per chunk:
+
+        L = sum_u a_u <A_u, Y_u>,   dL/da_u = 2 <A_u, Y_u>,   dL/dA_u = 2 a_u Y_u.
+
+    Rows u < n of dL/dA go into W_dec's gradient and row n is dL/dr, so both land in one index_add_ into the
+    gradient of the stacked table [W_dec; r]. The loss is always averaged, so the upstream gradient is one
+    constant: the forward accumulates that table gradient while a chunk's atoms are still in cache, and the
+    backward only scales it (an upstream gradient that varies per token recomputes it with those weights).
+    Measured on 2 CPU threads at d=256, K=4096, B=4096, n=32, forward and backward: 0.09 s, against 0.22 s
+    for the earlier form (separate c = D_A r, eps = pi r - E D_A and a second gather in the backward).
+    Chunks of 256 tokens were the fastest of 64-512."""
 
     @staticmethod
-    def _atoms(W, idx):
-        return torch.index_select(W, 0, idx.reshape(-1)).view(*idx.shape, W.shape[1])
+    @torch.autocast("cpu", enabled=False)  # the loss cancels (|r|^2 - 2 ... + ...): it stays in the inputs' dtype
+    @torch.autocast("cuda", enabled=False)
+    def forward(ctx, r, vals, idx, W, pi, chunk, wants_grad):
+        B, n = idx.shape
+        table = torch.cat([W, r])  # token b's residual is row K + b
+        rows = torch.cat([idx, torch.arange(len(W), len(W) + B, device=idx.device)[:, None]], 1)
+        a = torch.cat([vals, vals.new_full((B, 1), -1.0)], 1)
+        p = torch.cat([pi[idx], pi.new_ones(B, 1)], 1)
+        Pa = torch.minimum(p[:, :, None], p[:, None, :]).mul_(a[:, None, :])  # P_uv a_v
+        Ha = torch.empty(B, n + 1, dtype=r.dtype, device=r.device)  # <A_u, Y_u> = ((A A^T o P) a)_u
+        g_table = _GramLoss._table_grad(table, rows, a, Pa, chunk, Ha=Ha, accumulate=wants_grad)
+        ctx.save_for_backward(g_table, Ha, table, rows, a, Pa)
+        ctx.chunk, ctx.K = chunk, len(W)
+        return (a * Ha).sum(1)
 
     @staticmethod
-    def forward(ctx, r, vals, idx, W, pi, chunk):
-        out = torch.empty(len(r), dtype=r.dtype, device=r.device)
-        grams, cs = [], []
-        for s in range(0, len(r), chunk):
-            rr, a, ix = r[s : s + chunk], vals[s : s + chunk], idx[s : s + chunk]
-            atoms = _GramLoss._atoms(W, ix)
-            G = torch.bmm(atoms, atoms.transpose(1, 2))  # (b, n, n)
-            c = torch.bmm(atoms, rr[:, :, None]).squeeze(2)  # (b, n)
-            p = pi[ix]
-            pmin = torch.minimum(p[:, :, None], p[:, None, :])
-            quad = ((G * pmin) @ a[:, :, None]).squeeze(2)
-            out[s : s + chunk] = (rr * rr).sum(1) - 2 * (p * a * c).sum(1) + (a * quad).sum(1)
-            grams.append(G)
-            cs.append(c)
-        ctx.save_for_backward(r, vals, idx, W, pi, torch.cat(grams), torch.cat(cs))
-        ctx.chunk = chunk
-        return out
+    def _table_grad(table, rows, a, Pa, chunk, Ha=None, weight=None, accumulate=True):
+        """Sum over tokens of weight_b * 2 a_u Y_u into the table's rows; fills Ha on the way."""
+        g_table = torch.zeros_like(table) if accumulate else None
+        for s in range(0, len(rows), chunk):
+            sl = slice(s, s + chunk)
+            A = F.embedding(rows[sl], table)  # embedding's gather: measured 3-6x faster than index_select here
+            Y = torch.bmm(Pa[sl], A)
+            if Ha is not None:
+                Ha[sl] = torch.linalg.vecdot(A, Y)
+            if accumulate:
+                scale = 2 * a[sl] if weight is None else 2 * a[sl] * weight[sl, None]
+                g_table.index_add_(0, rows[sl].reshape(-1), Y.mul_(scale[:, :, None]).flatten(0, 1))
+        return g_table
 
     @staticmethod
     def backward(ctx, grad_out):
-        r, vals, idx, W, pi, G_all, c_all = ctx.saved_tensors
-        g_r = torch.empty_like(r) if ctx.needs_input_grad[0] else None
-        g_vals = torch.empty_like(vals) if ctx.needs_input_grad[1] else None
-        g_W = torch.zeros_like(W) if ctx.needs_input_grad[3] else None
-        for s in range(0, len(r), ctx.chunk):
-            sl = slice(s, s + ctx.chunk)
-            rr, a, ix, go = r[sl], vals[sl], idx[sl], grad_out[sl]
-            G, c = G_all[sl], c_all[sl]
-            p = pi[ix]
-            E = torch.minimum(p[:, :, None], p[:, None, :]) * a[:, None, :]  # E[j, i] = a_i min(pi_i, pi_j)
-            if g_vals is not None:
-                g_vals[sl] = -2 * go[:, None] * (p * c - (E * G).sum(2))
-            if g_r is not None or g_W is not None:
-                atoms = _GramLoss._atoms(W, ix)
-            if g_r is not None:
-                g_r[sl] = 2 * go[:, None] * (rr - torch.bmm((p * a)[:, None, :], atoms).squeeze(1))
-            if g_W is not None:
-                eps = p[:, :, None] * rr[:, None, :] - torch.bmm(E, atoms)
-                g_W.index_add_(0, ix.reshape(-1), (-2 * (go[:, None] * a)[:, :, None] * eps).reshape(-1, W.shape[1]))
-        return g_r, g_vals, None, g_W, None, None
+        g_table, Ha, table, rows, a, Pa = ctx.saved_tensors
+        if len(grad_out) and bool((grad_out == grad_out[0]).all()):
+            g_table = g_table * grad_out[0]
+        else:
+            g_table = _GramLoss._table_grad(table, rows, a, Pa, ctx.chunk, weight=grad_out)
+        g_vals = 2 * grad_out[:, None] * Ha[:, :-1]
+        return g_table[ctx.K :], g_vals, None, g_table[: ctx.K], None, None, None
 
 
 def ordered_loss_segment(r_BD, vals_BN, idx_BN, W_dec_FD, pi_F, chunk: int = 256) -> torch.Tensor:
