@@ -135,6 +135,16 @@ def test_batchtopk_threshold_inference():
     assert bool((code.vals > float(sae.threshold)).all())
 
 
+def test_batchtopk_threshold_follows_the_activations_of_a_short_run():
+    # The smallest kept activation doubles halfway through a 244-step run: the threshold must end near the
+    # new value. A fixed beta of 0.999 (a 1000-step time constant) would end near 1.1.
+    sae = build("batchtopk", n_steps=244, d_in=D, d_sae=K, k=k)
+    assert sae.cfg.threshold_start == sae.cfg.threshold_window == 24
+    for step in range(244):
+        sae.update_threshold(torch.tensor(1.0 if step < 122 else 2.0), step)
+    assert 1.95 < float(sae.threshold) <= 2.0
+
+
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_permutation_leaves_reconstructions_unchanged(arch):
     torch.manual_seed(8)

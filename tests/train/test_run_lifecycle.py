@@ -162,8 +162,9 @@ def test_defaults_scale_with_the_run_and_run_json_records_them(toy, tmp_path):  
     assert res["steps"] == steps and res["lr_warmup_steps"] == max(1, round(0.05 * steps)) < steps
     assert res["dead_window_tokens"] == max(cfg.batch_size, cfg.tokens // 10)
     assert res["saes"]["batchtopk-K32-k3-s0"]["threshold_start"] == max(1, round(0.1 * steps))
+    assert res["saes"]["batchtopk-K32-k3-s0"]["threshold_window"] == max(1, round(0.1 * steps))
     assert res["saes"]["relu-K32-kNA-s0"]["l1_warmup_steps"] == max(1, round(0.05 * steps))
     frozen = json.loads((tmp_path / "run" / "batchtopk-K32-k3-s0" / "config.json").read_text())
     assert frozen["arch_config"]["threshold_start"] == res["saes"]["batchtopk-K32-k3-s0"]["threshold_start"]
     long_run = SAESpec("batchtopk", 0, {"d_sae": 32}).build_config(16, n_steps=10**6)
-    assert long_run.threshold_start == 1000  # capped: a long run keeps the published value
+    assert long_run.threshold_start == long_run.threshold_window == 1000  # capped: the published beta 0.999

@@ -87,7 +87,7 @@ def test_names_and_lr_come_from_the_typed_config():
 
 def test_a_spec_records_every_setting_and_builds_its_config_at_the_store_width():
     spec = SAESpec("matryoshka", 0, {"d_sae": 64, "k": 4})
-    assert spec.config["widths"] == [4, 8, 16, 32, 64] and spec.config["threshold_beta"] == 0.999
+    assert spec.config["widths"] == [4, 8, 16, 32, 64] and spec.config["threshold_window"] is None
     assert "d_in" not in spec.config
     built = spec.build_config(16)
     assert isinstance(built, MatryoshkaConfig) and built.d_in == 16 and built.k == 4
