@@ -146,7 +146,9 @@ def fit_cmd(
     accum_steps: int = typer.Option(1, help="Micro-batches per optimizer update."),
     lr_schedule: str = typer.Option("constant-decay", help="constant-decay (linear to 0 over the last 20%) or cosine."),
     lr_warmup_steps: int = typer.Option(
-        None, help="Linear learning-rate warm-up, in steps (default: 5% of the run, at most 1000)."
+        None,
+        help="Linear learning-rate warm-up, in steps (default: a quarter of the run under adam, 5% under "
+        "signum-sf and adam-sf; at most 1000).",
     ),
     dead_window_tokens: int = typer.Option(
         None, help="Tokens without firing before a latent counts as dead (default: a tenth of the run, at most 10M)."

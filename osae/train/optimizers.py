@@ -75,9 +75,10 @@ def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], eps
 
 def default_lr(name: str, d_sae: int) -> float:
     """The learning rate where none is given, scaled with the dictionary as 1/sqrt(d_sae)."""
-    # signum-sf: sparsify's rule, measured best among 5e-3..4e-2 at K=4096. adam: five times dictionary_learning's
-    # 2e-4, measured better at K=4096 and 16384 with at most 3% dead (docs/fit.md). adam-sf: measured at K=4096.
-    base = {"signum-sf": 5e-3, "adam-sf": 4e-3}.get(name, 1e-3)
+    # signum-sf: sparsify's rule, measured best among 5e-3..4e-2 at K=4096. adam: 7.5 times dictionary_learning's
+    # 2e-4 with the quarter-run warm-up, measured at K=4096 (244 and 977 steps) and K=16384 (docs/fit.md,
+    # session 10). adam-sf: measured at K=4096.
+    base = {"signum-sf": 5e-3, "adam-sf": 4e-3}.get(name, 1.5e-3)
     return base / (d_sae / 2**14) ** 0.5
 
 
