@@ -50,7 +50,7 @@ def test_fit_help_lists_every_architecture_setting_with_its_architectures():
         ("--prefix-law", "(osae)"),
         ("--k-init", "(osae)"),
         ("--k-warmup-steps", "(osae)"),
-        ("--threshold-beta", "(batchtopk, matryoshka, matryoshka-random)"),
+        ("--threshold-window", "(batchtopk, matryoshka, matryoshka-random)"),
         ("--l1-coef", "(relu, hybridorder)"),
         ("--widths", "(matryoshka)"),
     ):
