@@ -41,7 +41,6 @@ GROUPS = {
     "adam-warmup-60": {**ADAM, "lr_warmup_steps": 60},  # a quarter of a 1M-token run at batch 4096
     "adam-warmup-244": {**ADAM, "lr_warmup_steps": 244},  # a quarter of a 4M-token run at batch 4096
     "adam-window-25k": {**ADAM, "dead_window_tokens": 25_000},
-    "adam-beta1-0.8": {**ADAM, "adam_betas": [0.8, 0.999]},
 }
 
 
