@@ -70,16 +70,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweeps", nargs="+", help="recipe_sweep.py output directories")
     ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--min-eval-tokens", type=int, default=1_000_000, help="leave out sweeps scored on fewer held-out rows"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     by_setting: dict[str, list[dict]] = defaultdict(list)
     for d in args.sweeps:
         res = json.loads((Path(d) / "results.json").read_text())
-        if res["meta"].get("eval_tokens", 0) < 1_000_000:
+        if res["meta"].get("eval_tokens", 0) < args.min_eval_tokens:
             continue  # scored on a subset of the held-out rows: not comparable with the others
         for row in res["rows"]:
             by_setting[_setting(res["meta"])].append({**row, "recipe": _recipe(row), "meta": res["meta"]})
+    if not by_setting:
+        raise SystemExit(f"no sweep was scored on at least {args.min_eval_tokens} held-out rows; see --min-eval-tokens")
     lines = [
         f"| setting | recipe | held-out FVU | dead | L0 | best with at most {100 * MAX_DEAD:.0f}% dead |",
         "|---|---|---|---|---|---|",

@@ -40,6 +40,8 @@ GROUPS = {
     "adam-decay100": {**ADAM, "lr_decay_frac": 1.0},
     "adam-warmup-60": {**ADAM, "lr_warmup_steps": 60},  # a quarter of a 1M-token run at batch 4096
     "adam-warmup-244": {**ADAM, "lr_warmup_steps": 244},  # a quarter of a 4M-token run at batch 4096
+    "adam-warmup-100": {**ADAM, "lr_warmup_steps": 100},  # 41% of a 1M-token run at batch 4096
+    "adam-warmup-122": {**ADAM, "lr_warmup_steps": 122},  # half of a 1M-token run at batch 4096
     "adam-window-25k": {**ADAM, "dead_window_tokens": 25_000},
 }
 
@@ -155,9 +157,12 @@ def main() -> None:
             changed = {
                 k: (f"[{len(v)} values]" if isinstance(v, list) and len(v) > 8 else v)
                 for k, v in spec.config.items()
-                if k not in ("d_sae", "k") and v != base.get(k)
+                if k not in ("d_sae", "k", "aux_k_coef") and v != base.get(k)
             }
-            label = f"lr={cfg.lr_of(spec):.2g} auxk={auxk} s{spec.seed}" + "".join(
+            # the resolved values, not differences from the defaults of the day: labels stay comparable
+            # across sweeps run under different defaults
+            coef = spec.arch_config.aux_k_coef
+            label = f"lr={cfg.lr_of(spec):.2g} warmup={cfg.warmup_steps} auxk={coef:g} s{spec.seed}" + "".join(
                 f" {k}={v}" for k, v in changed.items()
             )
             rows.append({"group": group, "label": label, "lr": cfg.lr_of(spec), "auxk": auxk, **score,

@@ -64,7 +64,17 @@ def _trainer(spec: SAESpec, autocast: str = "none") -> Trainer:
     )
 
 
-def step_time(spec: SAESpec, steps: int, naive: bool = False, dense_backward: bool = False, autocast="none") -> float:
+def _mark_dead(tr: Trainer, m, share: float) -> None:
+    """Make the first `share` of the latents (in a fixed random order) dead for AuxK, as a run's are."""
+    if share > 0:
+        order = torch.randperm(len(m.since_fired), generator=torch.Generator().manual_seed(1))
+        m.since_fired.zero_()
+        m.since_fired[order[: round(share * len(order))]] = tr.cfg.dead_window
+
+
+def step_time(
+    spec: SAESpec, steps: int, naive: bool = False, dense_backward: bool = False, autocast="none", dead: float = 0.0
+) -> float:
     tr = _trainer(spec, autocast)
     m = tr.members[0]
     if dense_backward:
@@ -80,11 +90,15 @@ def step_time(spec: SAESpec, steps: int, naive: bool = False, dense_backward: bo
 
         m.sae.forward = forward
     tr.step = 2000
+    _mark_dead(tr, m, dead)
     tr._train_step(m, x)  # warm-up
-    t0 = time.perf_counter()
+    total = 0.0
     for _ in range(steps):
+        _mark_dead(tr, m, dead)  # the step revives the dead latents that fired
+        t0 = time.perf_counter()
         tr._train_step(m, x)
-    return (time.perf_counter() - t0) / steps
+        total += time.perf_counter() - t0
+    return total / steps
 
 
 def end_to_end(arch: str, steps: int, root: str = "/tmp/osae-step-bench") -> float:
@@ -119,15 +133,17 @@ def end_to_end(arch: str, steps: int, root: str = "/tmp/osae-step-bench") -> flo
     return B * steps / (time.perf_counter() - t0)
 
 
-def profile(spec: SAESpec, steps: int, autocast: str = "none") -> str:
+def profile(spec: SAESpec, steps: int, autocast: str = "none", dead: float = 0.0) -> str:
     """torch.profiler's table of one architecture's training steps, by self CPU time."""
     tr = _trainer(spec, autocast)
     m = tr.members[0]
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
     tr.step = 2000
+    _mark_dead(tr, m, dead)
     tr._train_step(m, x)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
+            _mark_dead(tr, m, dead)
             tr._train_step(m, x)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
 
@@ -144,12 +160,14 @@ def main() -> None:
     ap.add_argument("--B", type=int, default=B)
     ap.add_argument("--profile", default="", help="comma-separated architectures to profile instead of timing")
     ap.add_argument("--only", default="", help="case names separated by ; (default: all); topk is always timed")
+    ap.add_argument("--dead", type=float, default=0.0, help="share of latents dead before every step (AuxK runs)")
     args = ap.parse_args()
     D, K, k, B = args.d, args.K, args.k, args.B
     base = {"d_sae": K, "k": k}
     if args.profile:
         for arch in args.profile.split(","):
-            print(f"== {arch} (d={D}, K={K}, k={k}, B={B})\n{profile(SAESpec(arch, 0, base), args.steps)}")
+            table = profile(SAESpec(arch, 0, base), args.steps, dead=args.dead)
+            print(f"== {arch} (d={D}, K={K}, k={k}, B={B}, dead {args.dead:.0%})\n{table}")
         return
     sparse = ("topk", "batchtopk", "matryoshka", "matryoshka-random", "osae")
     cases = {
@@ -174,9 +192,10 @@ def main() -> None:
     times = {name: [] for name in cases}
     for _ in range(args.rounds):
         for name, (spec, options) in cases.items():
-            times[name].append(step_time(spec, args.steps, **options))
+            times[name].append(step_time(spec, args.steps, dead=args.dead, **options))
     res = {
         "shape": {"d": D, "K": K, "k": k, "B": B},
+        "dead_share": args.dead,
         "torch_threads": torch.get_num_threads(),
         "seconds_per_step": {n: float(np.mean(t)) for n, t in times.items()},
     }

@@ -141,13 +141,17 @@ def fit_cmd(
     ),
     tokens: int = typer.Option(10_000_000, help="Training tokens."),
     batch_size: int = typer.Option(4096, help="Tokens per step (over all processes)."),
-    lr: float = typer.Option(None, help="Peak learning rate (default: the optimizer's rule, scaled as 1/sqrt(K))."),
+    lr: float = typer.Option(
+        None,
+        help="Peak learning rate (default: the optimizer's rule; adam's is 5e-3 * (rows per update / K)^0.75, "
+        "signum-sf's 5e-3 / sqrt(K / 2^14)).",
+    ),
     normalization: str = typer.Option("scalar", help="none, scalar (E||x||^2 = d) or standardize."),
     accum_steps: int = typer.Option(1, help="Micro-batches per optimizer update."),
     lr_schedule: str = typer.Option("constant-decay", help="constant-decay (linear to 0 over the last 20%) or cosine."),
     lr_warmup_steps: int = typer.Option(
         None,
-        help="Linear learning-rate warm-up, in steps (default: a quarter of the run under adam, 5% under "
+        help="Linear learning-rate warm-up, in steps (default: half the run under adam, 5% under "
         "signum-sf and adam-sf; at most 1000).",
     ),
     dead_window_tokens: int = typer.Option(

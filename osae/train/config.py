@@ -40,7 +40,8 @@ class SAESpec:
     config: dict = field(default_factory=dict)
     """Architecture settings: fields of the architecture's config dataclass, without d_in."""
     lr: float | None = None
-    """None: the optimizer's rule, scaled as 1/sqrt(d_sae) (osae.train.optimizers.default_lr)."""
+    """None: the optimizer's rule (osae.train.optimizers.default_lr; adam's falls with d_sae and grows with
+    the batch)."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -85,9 +86,10 @@ class SAESpec:
         except ValueError as exc:
             raise UsageError(f"{self.name}: {exc}") from None
 
-    def resolved_lr(self, optimizer: str) -> float:
-        """The peak learning rate under `optimizer`: the given lr, or the optimizer's rule."""
-        return self.lr if self.lr is not None else default_lr(optimizer, self.arch_config.d_sae)
+    def resolved_lr(self, optimizer: str, batch_size: int) -> float:
+        """The peak learning rate under `optimizer` at `batch_size` rows per optimizer update: the given lr,
+        or the optimizer's rule."""
+        return self.lr if self.lr is not None else default_lr(optimizer, self.arch_config.d_sae, batch_size)
 
 
 CPU_BF16_MIN_WEIGHTS = 256 * 4096
@@ -116,7 +118,7 @@ class TrainConfig:
     accum_steps: int = 1
     """Micro-batches per optimizer update (HybridOrder's recipe uses 4)."""
     lr_warmup_steps: int | None = None
-    """Linear warm-up, in steps (micro-batches); None: a quarter of the run under adam, 5% under the
+    """Linear warm-up, in steps (micro-batches); None: half the run under adam, 5% under the
     schedule-free optimizers, at most 1000."""
     lr_schedule: str = "constant-decay"
     """constant-decay (constant, then linear to 0 over the last lr_decay_frac) or cosine (to 0)."""
@@ -210,9 +212,10 @@ class TrainConfig:
         """The learning-rate warm-up this run uses."""
         if self.lr_warmup_steps is not None:
             return self.lr_warmup_steps
-        # adam: a quarter of the run, measured at 244 and 977 steps to halve the dead latents at equal peak
-        # rate, for the same FVU (docs/fit.md, session 10); the schedule-free ones were measured at 5%
-        share = 0.05 if is_schedule_free(self.optimizer) else 0.25
+        # adam: half the run. Longer warm-ups kill fewer latents at equal peak rate, which lets the rate go
+        # higher (5% -> 25% -> 40-50%, measured at 244 and 977 steps; docs/fit.md, sessions 10-11); the
+        # schedule-free ones were measured at 5%
+        share = 0.05 if is_schedule_free(self.optimizer) else 0.5
         return max(1, min(1000, round(share * self.n_steps)))
 
     @property
@@ -251,7 +254,7 @@ class TrainConfig:
 
     def lr_of(self, spec: SAESpec) -> float:
         """The peak learning rate of one SAE of this run."""
-        return spec.resolved_lr(self.optimizer)
+        return spec.resolved_lr(self.optimizer, self.batch_size * self.accum_steps)  # rows per update
 
     def to_dict(self) -> dict:
         """The resolved config, as run.json holds it (and `osae fit --config` reads it)."""

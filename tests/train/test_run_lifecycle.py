@@ -159,7 +159,7 @@ def test_defaults_scale_with_the_run_and_run_json_records_them(toy, tmp_path):  
     steps = cfg.tokens // cfg.batch_size
     assert saved["lr_warmup_steps"] is None and saved["dead_window_tokens"] is None  # the settings: "auto"
     res = saved["resolved"]
-    assert res["steps"] == steps and res["lr_warmup_steps"] == max(1, round(0.25 * steps)) < steps
+    assert res["steps"] == steps and res["lr_warmup_steps"] == max(1, round(0.5 * steps)) < steps
     assert res["dead_window_tokens"] == max(cfg.batch_size, cfg.tokens // 10)
     assert res["saes"]["batchtopk-K32-k3-s0"]["threshold_start"] == max(1, round(0.1 * steps))
     assert res["saes"]["batchtopk-K32-k3-s0"]["threshold_window"] == max(1, round(0.1 * steps))

@@ -4,7 +4,7 @@ choose exactly what torch.topk chooses."""
 import pytest
 import torch
 
-from osae.train.architectures import ARCHITECTURES, build
+from osae.train.architectures import ARCHITECTURES, base, build
 from osae.train.architectures.base import StepContext
 from osae.train.architectures.selection import (
     PreActs,
@@ -65,6 +65,28 @@ def test_largest_positions_match_topk_including_a_misleading_sample():
     flat[::stride] += 100.0
     want = set(torch.topk(flat, 50_000).indices.tolist())
     assert set(_largest_positions(flat, 50_000).tolist()) == want
+
+
+@pytest.mark.parametrize("n_dead", [3, 12, 40])  # fewer dead than k_aux, a few more, many more
+def test_auxk_over_the_dead_columns_equals_its_sparse_decode(monkeypatch, n_dead):
+    """AuxK's two paths (dense products over the dead columns; a sparse top-k_aux decode) agree."""
+    torch.manual_seed(0)
+    sae = build("topk", d_in=D, d_sae=K, k=4, aux_k=5).double()
+    x = torch.randn(B, D, dtype=torch.float64)
+    dead = torch.zeros(K, dtype=torch.bool)
+    dead[torch.randperm(K)[:n_dead]] = True
+    results = []
+    for factor in (0, K):  # 0: always the sparse decode; K: always the dense products
+        monkeypatch.setattr(base, "AUXK_DENSE_FACTOR", factor)
+        sae.zero_grad()
+        out = sae(x, StepContext(dead_F=dead))
+        out.losses["auxk"].backward()
+        results.append((out.losses["auxk"].detach(), [p.grad.clone() for p in sae.parameters()]))
+    (loss_s, grads_s), (loss_d, grads_d) = results
+    assert loss_s > 0
+    torch.testing.assert_close(loss_s, loss_d)
+    for gs, gd in zip(grads_s, grads_d):
+        torch.testing.assert_close(gs, gd)
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "matryoshka-random", "osae"])

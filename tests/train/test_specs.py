@@ -82,7 +82,10 @@ def test_names_and_lr_come_from_the_typed_config():
     assert SAESpec("osae", 0).name == "osae-K4096-k32-s0"  # the defaults, as before
     assert SAESpec("relu", 1, {"d_sae": 24, "k": 5}).name == "relu-K24-kNA-s1"
     assert SAESpec("hybridorder", 0, {"d_sae": 64}).name == "hybridorder-K64-kNA-s0"
-    assert SAESpec("topk", 0, {"d_sae": 2**14}).resolved_lr("adam") == pytest.approx(1.5e-3)
+    big = SAESpec("topk", 0, {"d_sae": 2**14})
+    assert big.resolved_lr("adam", 4096) == pytest.approx(5e-3 / 4**0.75)  # 5e-3 (batch / K)^0.75
+    assert big.resolved_lr("adam", 2**14) == pytest.approx(5e-3)  # batch = K
+    assert big.resolved_lr("signum-sf", 1024) == pytest.approx(5e-3)  # sign descent: no batch factor
 
 
 def test_a_spec_records_every_setting_and_builds_its_config_at_the_store_width():
