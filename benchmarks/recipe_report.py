@@ -55,6 +55,19 @@ def _matched(rows: list[dict]) -> tuple[list[str], dict[tuple[str, str], bool]]:
     return lines, beats
 
 
+def _with_window(row: dict, sweep: Path) -> dict:
+    """Labels from before recipe_sweep named the dead window get it from the group's run.json (the resolved
+    value), so a group run under another default reads as what it was."""
+    if " window=" in row["label"]:
+        return row
+    n = json.loads((sweep / row["group"] / "run.json").read_text())["resolved"][
+        "dead_window_tokens"
+    ]  # one per run then
+    window = f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
+    lr, _, rest = row["label"].partition(" auxk=")
+    return {**row, "label": f"{lr} window={window} auxk={rest}"}
+
+
 def _recipe(row: dict) -> str:
     """A candidate's recipe without its seed: group (run-wide settings) and SAE label (lr, AuxK, ...)."""
     label = " ".join(w for w in row["label"].split() if not (w.startswith("s") and w[1:].isdigit()))
@@ -63,7 +76,32 @@ def _recipe(row: dict) -> str:
 
 def _setting(meta: dict) -> str:
     store = Path(meta["store"]).name
-    return f"{store} {meta['hook']}, {meta['tokens'] / 1e6:g}M tokens, K={meta['K']}"
+    return f"{meta['arch']}, {store} {meta['hook']}, {meta['tokens'] / 1e6:g}M tokens, K={meta['K']}"
+
+
+NEAR_BEST = 1.01  # a recipe "matches" a setting's best when its FVU is at most 1% above it, dead share allowed
+
+
+def _near_best(by_setting: dict, max_dead: float) -> str:
+    """The recipes that, in every setting where any candidate kept at most `max_dead` dead, keep that few
+    and come within NEAR_BEST of the best FVU among those candidates. Recipes are matched by group and label,
+    so a sweep's settings should share them."""
+    good: dict[str, int] = defaultdict(int)
+    scored = 0  # settings where some candidate kept at most max_dead dead
+    for rows in by_setting.values():
+        alive = [r for r in rows if r["dead_fraction"] <= max_dead]
+        if not alive:
+            continue
+        scored += 1
+        best = min(r["fvu"] for r in alive)
+        for recipe in {r["recipe"] for r in alive if r["fvu"] <= NEAR_BEST * best}:
+            good[recipe] += 1
+    everywhere = sorted(r for r, n in good.items() if n == scored)
+    return (
+        f"Within {100 * (NEAR_BEST - 1):g}% of the best FVU with at most {100 * max_dead:g}% dead in every one of "
+        f"the {scored} settings where a candidate kept that few dead ({len(by_setting) - scored} had none): "
+        f"{'; '.join(everywhere) if everywhere else 'no recipe'}."
+    )
 
 
 def main() -> None:
@@ -73,6 +111,7 @@ def main() -> None:
     ap.add_argument(
         "--min-eval-tokens", type=int, default=1_000_000, help="leave out sweeps scored on fewer held-out rows"
     )
+    ap.add_argument("--max-dead", type=float, default=MAX_DEAD, help="dead share under which the table marks the best")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,17 +121,19 @@ def main() -> None:
         if res["meta"].get("eval_tokens", 0) < args.min_eval_tokens:
             continue  # scored on a subset of the held-out rows: not comparable with the others
         for row in res["rows"]:
+            row = _with_window(row, Path(d))
             by_setting[_setting(res["meta"])].append({**row, "recipe": _recipe(row), "meta": res["meta"]})
     if not by_setting:
         raise SystemExit(f"no sweep was scored on at least {args.min_eval_tokens} held-out rows; see --min-eval-tokens")
     lines = [
-        f"| setting | recipe | held-out FVU | dead | L0 | best with at most {100 * MAX_DEAD:.0f}% dead |",
+        f"| setting | recipe | held-out FVU | dead | L0 | best with at most {100 * args.max_dead:g}% dead |",
         "|---|---|---|---|---|---|",
     ]
-    winners, comparisons = {}, []
+    winners, comparisons, bests = {}, [], []
     for setting, rows in by_setting.items():
-        alive = [r for r in rows if r["dead_fraction"] <= MAX_DEAD]
+        alive = [r for r in rows if r["dead_fraction"] <= args.max_dead]
         best = min(alive, key=lambda r: r["fvu"]) if alive else None
+        bests.append(f"- {setting}: {best['recipe'] if best else 'none'}")
         for r in sorted(rows, key=lambda r: r["fvu"]):
             mark = "**yes**" if r is best else ""
             lines.append(
@@ -111,6 +152,13 @@ def main() -> None:
         if len(found) == 1 and None not in found
         else f"no family wins every setting: {winners}"
     )
+    lines += [
+        "",
+        f"Best FVU with at most {100 * args.max_dead:g}% dead:",
+        *bests,
+        "",
+        _near_best(by_setting, args.max_dead),
+    ]
     lines += ["", "At equal dead fractions:", *comparisons, "", f"Verdict: {verdict}."]
     (out / "recipe.md").write_text("\n".join(lines) + "\n")
     (out / "recipe.json").write_text(json.dumps({"winners": winners, "verdict": verdict}, indent=1))

@@ -42,7 +42,11 @@ GROUPS = {
     "adam-warmup-244": {**ADAM, "lr_warmup_steps": 244},  # a quarter of a 4M-token run at batch 4096
     "adam-warmup-100": {**ADAM, "lr_warmup_steps": 100},  # 41% of a 1M-token run at batch 4096
     "adam-warmup-122": {**ADAM, "lr_warmup_steps": 122},  # half of a 1M-token run at batch 4096
+    "adam-window-10k": {**ADAM, "dead_window_tokens": 10_000},
     "adam-window-25k": {**ADAM, "dead_window_tokens": 25_000},
+    "adam-window-50k": {**ADAM, "dead_window_tokens": 50_000},
+    "adam-window-100k": {**ADAM, "dead_window_tokens": 100_000},  # a tenth of 1M tokens: the session 11 default
+    "adam-window-250k": {**ADAM, "dead_window_tokens": 250_000},
 }
 
 
@@ -60,6 +64,11 @@ def _specs(arch: str, K: int, k: int, lrs: list[float | None], no_auxk: bool, va
     if no_auxk:
         specs += [SAESpec(arch, 100 + i, {"d_sae": K, "k": k, "aux_k_coef": 0.0}, lr=lr) for i, lr in enumerate(lrs)]
     return specs
+
+
+def _tokens(n: int) -> str:
+    """A token count as labels show it: 25k, 1M."""
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
 def _score(store, hook: str, sae_dir: Path, max_tokens: int) -> dict:
@@ -162,8 +171,9 @@ def main() -> None:
             # the resolved values, not differences from the defaults of the day: labels stay comparable
             # across sweeps run under different defaults
             coef = spec.arch_config.aux_k_coef
-            label = f"lr={cfg.lr_of(spec):.2g} warmup={cfg.warmup_steps} auxk={coef:g} s{spec.seed}" + "".join(
-                f" {k}={v}" for k, v in changed.items()
+            label = (
+                f"lr={cfg.lr_of(spec):.2g} warmup={cfg.warmup_steps} window={_tokens(cfg.dead_window_of(spec))} "
+                f"auxk={coef:g} s{spec.seed}" + "".join(f" {k}={v}" for k, v in changed.items())
             )
             rows.append({"group": group, "label": label, "lr": cfg.lr_of(spec), "auxk": auxk, **score,
                          "group_wall_s": wall, "curve": _curve(d)})  # fmt: skip

@@ -69,7 +69,7 @@ def _mark_dead(tr: Trainer, m, share: float) -> None:
     if share > 0:
         order = torch.randperm(len(m.since_fired), generator=torch.Generator().manual_seed(1))
         m.since_fired.zero_()
-        m.since_fired[order[: round(share * len(order))]] = tr.cfg.dead_window
+        m.since_fired[order[: round(share * len(order))]] = m.dead_window
 
 
 def step_time(

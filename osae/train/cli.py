@@ -155,7 +155,9 @@ def fit_cmd(
         "signum-sf and adam-sf; at most 1000).",
     ),
     dead_window_tokens: int = typer.Option(
-        None, help="Tokens without firing before a latent counts as dead (default: a tenth of the run, at most 10M)."
+        None,
+        help="Tokens without firing before a latent counts as dead (default, per SAE: a fortieth of the run "
+        "but at least 200 K / k, at most 10M).",
     ),
     checkpoint_every: int = typer.Option(2000, help="Steps between checkpoints."),
     nonfinite: str = typer.Option("skip", help="A batch with NaN/Inf: skip (counted) or stop."),

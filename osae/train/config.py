@@ -20,6 +20,7 @@ from osae.train.arch_settings import parse_arch_config, setting_names
 from osae.train.architectures import ARCHITECTURES, SAEConfig
 from osae.train.optimizers import OPTIMIZERS, default_lr, is_schedule_free
 
+DEAD_WINDOW_FIRINGS = 200  # the default dead window spans at least this many firings of an average latent
 RESOLVED_KEY = "resolved"  # run.json: the values derived from the run (osae fit prints them), not settings
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,8 @@ class TrainConfig:
     b_dec_init: str = "geometric_median"
     """geometric_median, mean or zero, from the first training rows."""
     dead_window_tokens: int | None = None
-    """A latent that has not fired for this many tokens is dead (AuxK); None: a tenth of the run's tokens,
-    at most 10M."""
+    """A latent that has not fired for this many tokens is dead (AuxK); None: per SAE, a fortieth of the run's
+    tokens but at least 200 K / k (200 firings of an average latent), at least one batch, at most 10M."""
     data_seed: int = 0
     """Shuffle order of the stream every SAE of the run sees."""
     buffer_bytes: int = 2**30
@@ -218,22 +219,27 @@ class TrainConfig:
         share = 0.05 if is_schedule_free(self.optimizer) else 0.5
         return max(1, min(1000, round(share * self.n_steps)))
 
-    @property
-    def dead_window(self) -> int:
-        """The dead-latent window (tokens) this run uses."""
+    def dead_window_of(self, spec: SAESpec) -> int:
+        """The dead-latent window (tokens) of one SAE of this run."""
         if self.dead_window_tokens is not None:
             return self.dead_window_tokens
-        return max(self.batch_size, min(10_000_000, self.tokens // 10))
+        # A fortieth of the run, but at least DEAD_WINDOW_FIRINGS firings of an average latent (which fires
+        # once in K / k tokens), at least a batch, at most 10M and the run. At 1M tokens and K = 4096, 25k
+        # left 0.7-2.1% dead in every architecture, 100k (a tenth) 1.5-5.3%; windows of fewer firings (10k
+        # at K = 4096: 78; 25k at K = 16384: 49) made AuxK churn, and 20-29% ended dead (docs/fit.md, session 12)
+        c = spec.arch_config
+        floor = DEAD_WINDOW_FIRINGS * c.d_sae // c.k if c.uses_k else 0
+        return max(self.batch_size, min(10_000_000, self.tokens, max(self.tokens // 40, floor)))
 
     def resolved(self, d_in: int) -> dict:
         """Every value this run derives from its length and width (run.json's "resolved", printed at the start)."""
         return {
             "steps": self.n_steps,
             "lr_warmup_steps": self.warmup_steps,
-            "dead_window_tokens": self.dead_window,
             "saes": {
                 s.name: {
                     "lr": self.lr_of(s),
+                    "dead_window_tokens": self.dead_window_of(s),
                     **{n: getattr(c, n) for n in c.step_settings},
                 }
                 for s in self.saes

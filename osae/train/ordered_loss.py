@@ -73,7 +73,8 @@ class _GramLoss(torch.autograd.Function):
             A = F.embedding(rows[sl], table)  # embedding's gather: measured 3-6x faster than index_select here
             Y = torch.bmm(Pa[sl], A)
             if Ha is not None:
-                Ha[sl] = torch.linalg.vecdot(A, Y)
+                # one batched product; linalg.vecdot (product tensor, then sum) took 4x longer here
+                Ha[sl] = torch.einsum("bnd,bnd->bn", A, Y)
             if accumulate:
                 scale = 2 * a[sl] if weight is None else 2 * a[sl] * weight[sl, None]
                 g_table.index_add_(0, rows[sl].reshape(-1), Y.mul_(scale[:, :, None]).flatten(0, 1))

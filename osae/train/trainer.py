@@ -82,6 +82,7 @@ class Member:
     since_fired: torch.Tensor
     generator: torch.Generator
     directory: Path
+    dead_window: int  # tokens without firing after which a latent counts as dead (AuxK)
     frozen_copy: dict = field(default_factory=dict)
     nonfinite: int = 0  # micro-batches skipped for a non-finite loss
     nonfinite_streak: int = 0
@@ -193,6 +194,7 @@ class Trainer:
             torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device),
             gen,
             self.out / spec.name,
+            self.cfg.dead_window_of(spec),
         )
 
     # -- state --------------------------------------------------------------------------------
@@ -417,7 +419,7 @@ class Trainer:
 
     def _train_step(self, m: Member, x: torch.Tensor) -> None:
         cfg, sae, step = self.cfg, m.sae, self.step
-        dead = m.since_fired >= cfg.dead_window
+        dead = m.since_fired >= m.dead_window
         c = self.batch_collective
         ctx = StepContext(step=step, dead_F=dead, generator=m.generator, collective=c)
         with self.autocast():
@@ -512,7 +514,7 @@ class Trainer:
                 "sse_per_token": a["sse"] / a["n"],
                 "fvu": a["sse"] / a["n"] / self.total_variance,
                 "l0": a["l0"] / a["n"],
-                "dead_fraction": float((m.since_fired >= self.cfg.dead_window).float().mean()),
+                "dead_fraction": float((m.since_fired >= m.dead_window).float().mean()),
                 # dense: latents firing on more than 10% of the window's tokens
                 "dense_fraction": float((a["fires"].float() / a["n"] > 0.1).float().mean()),
                 "lr": m.opt.param_groups[0]["lr"],

@@ -160,7 +160,10 @@ def test_defaults_scale_with_the_run_and_run_json_records_them(toy, tmp_path):  
     assert saved["lr_warmup_steps"] is None and saved["dead_window_tokens"] is None  # the settings: "auto"
     res = saved["resolved"]
     assert res["steps"] == steps and res["lr_warmup_steps"] == max(1, round(0.5 * steps)) < steps
-    assert res["dead_window_tokens"] == max(cfg.batch_size, cfg.tokens // 10)
+    # per SAE: a fortieth of the run, but at least 200 firings of an average latent (none for ReLU)
+    btk, relu = res["saes"]["batchtopk-K32-k3-s0"], res["saes"]["relu-K32-kNA-s0"]
+    assert btk["dead_window_tokens"] == min(cfg.tokens, max(cfg.tokens // 40, 200 * 32 // 3))
+    assert relu["dead_window_tokens"] == max(cfg.batch_size, cfg.tokens // 40)
     assert res["saes"]["batchtopk-K32-k3-s0"]["threshold_start"] == max(1, round(0.1 * steps))
     assert res["saes"]["batchtopk-K32-k3-s0"]["threshold_window"] == max(1, round(0.1 * steps))
     assert res["saes"]["relu-K32-kNA-s0"]["l1_warmup_steps"] == max(1, round(0.05 * steps))

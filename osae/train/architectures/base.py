@@ -66,7 +66,9 @@ class SAEConfig:
     """Dictionary size F (latents)."""
     k: int = 32
     """Target active latents per token (m of the OSAE paper)."""
-    aux_k_coef: float = 1.0  # the papers' 1/32 revived too few latents under Adam (docs/fit.md, session 11)
+    # The papers' 1/32 revived too few latents under Adam; AuxK moves only the dead latents' parameters, and
+    # 2 gave 1-2% lower FVU than 1 for BatchTopK, Matryoshka and OSAE (docs/fit.md, sessions 11-12)
+    aux_k_coef: float = 2.0
     """Weight of the AuxK dead-latent loss (0 turns it off)."""
     aux_k: int | None = None
     """Latents of the AuxK reconstruction; None: d_in // 2."""
