@@ -17,6 +17,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from recipe_sweep import token_count  # run as a script from benchmarks/, beside recipe_sweep.py
+
 MAX_DEAD = 0.05  # the table marks, per setting, the best FVU among candidates with at most this much dead
 COMPARE_DEAD = 0.10  # families are compared where dictionaries are usable: at most a tenth of them dead
 
@@ -60,10 +62,8 @@ def _with_window(row: dict, sweep: Path) -> dict:
     value), so a group run under another default reads as what it was."""
     if " window=" in row["label"]:
         return row
-    n = json.loads((sweep / row["group"] / "run.json").read_text())["resolved"][
-        "dead_window_tokens"
-    ]  # one per run then
-    window = f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
+    resolved = json.loads((sweep / row["group"] / "run.json").read_text())["resolved"]
+    window = token_count(resolved["dead_window_tokens"])  # one window per run then
     lr, _, rest = row["label"].partition(" auxk=")
     return {**row, "label": f"{lr} window={window} auxk={rest}"}
 

@@ -66,7 +66,7 @@ def _specs(arch: str, K: int, k: int, lrs: list[float | None], no_auxk: bool, va
     return specs
 
 
-def _tokens(n: int) -> str:
+def token_count(n: int) -> str:
     """A token count as labels show it: 25k, 1M."""
     return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
@@ -172,7 +172,7 @@ def main() -> None:
             # across sweeps run under different defaults
             coef = spec.arch_config.aux_k_coef
             label = (
-                f"lr={cfg.lr_of(spec):.2g} warmup={cfg.warmup_steps} window={_tokens(cfg.dead_window_of(spec))} "
+                f"lr={cfg.lr_of(spec):.2g} warmup={cfg.warmup_steps} window={token_count(cfg.dead_window_of(spec))} "
                 f"auxk={coef:g} s{spec.seed}" + "".join(f" {k}={v}" for k, v in changed.items())
             )
             rows.append({"group": group, "label": label, "lr": cfg.lr_of(spec), "auxk": auxk, **score,
