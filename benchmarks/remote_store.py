@@ -5,10 +5,13 @@ One run, against two servers on loopback, each in its own process:
 - a static HTTP server that answers byte ranges by reading just those bytes (as S3, nginx or a CDN do).
   moto does not: it handles every request, even a 4 KiB range, by going through the whole object, so there
   a chunk read costs about as much as fetching its whole 128 MiB shard, which no real S3 does.
-For each: the ceiling is one client fetching every activation object whole, one after another (fsspec
-`cat_file`, the client library the loader uses); then one shuffled loader epoch of the train split for each
-`--workers` value (chunk reads in flight at once). Rounds alternate stream and loader so that drift of
-the shared machine hits both.
+For each: the ceiling is one client fetching every activation object whole, one after another, in two
+ways: fsspec `cat_file` (the usual client library) and a plain http.client reader, written here, that
+reads each whole object from the socket into one reused buffer (as the loader's chunk reads do); the
+faster of the two is the ceiling. Then one shuffled loader epoch of the train split for each `--workers`
+value (chunk reads in flight at once) and each `--clients` value (the loader's chunk reads through osae's
+range client, or through fsspec as before it). Rounds alternate stream and loader so that drift of the
+shared machine hits both.
 
     python benchmarks/remote_store.py --mib 1024 --workers 1,2,4,8 --rounds 2 --out /tmp/remote.json
 
@@ -109,40 +112,129 @@ def start_http(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def stream_once(fs, keys: list[str]) -> float:
-    t0 = time.perf_counter()
-    total = sum(len(fs.cat_file(k)) for k in keys)
-    return total / (time.perf_counter() - t0) / 1e9
+def stream_once(fs, keys: list[str]) -> tuple[float, float]:
+    """(GB/s, client CPU-s per GB) of fsspec fetching every object whole."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    total = sum(len(fs.cat_file(k)) for k in keys) / 1e9
+    return total / (time.perf_counter() - t0), (time.process_time() - cpu0) / total
 
 
-def loader_once(url: str, workers: int) -> dict:
+class SocketReader:
+    """The ceiling's second client, written here independently of osae: one kept-alive http.client
+    connection, each GET's body read from the socket into the caller's buffer. S3 keys are read through
+    presigned URLs from s3fs (what a plain HTTP client of S3 does)."""
+
+    def __init__(self, fs):
+        self.fs, self.conns = fs, {}
+
+    def read_into(self, key: str, start: int, view: memoryview) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        url = key if "://" in key else self.fs.sign(f"s3://{key}", expiration=3600)
+        parts = urlsplit(url)
+        if parts.netloc not in self.conns:
+            self.conns[parts.netloc] = http.client.HTTPConnection(parts.netloc, timeout=60)
+        conn = self.conns[parts.netloc]
+        conn.request("GET", f"{parts.path}?{parts.query}", headers={"Range": f"bytes={start}-{start + len(view) - 1}"})
+        resp = conn.getresponse()
+        assert resp.status == 206, (resp.status, resp.reason)
+        done = 0
+        while done < len(view):
+            got = resp.readinto(view[done:])
+            assert got, "short response"
+            done += got
+
+
+def raw_stream_once(fs, keys: list[str]) -> tuple[float, float]:
+    """(GB/s, client CPU-s per GB) of SocketReader fetching every object whole into one reused buffer."""
+    reader = SocketReader(fs)
+    sizes = [fs.size(k) for k in keys]
+    buf = memoryview(bytearray(max(sizes)))
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for key, size in zip(keys, sizes):
+        reader.read_into(key, 0, buf[:size])
+    total = sum(sizes) / 1e9
+    return total / (time.perf_counter() - t0), (time.process_time() - cpu0) / total
+
+
+def loader_once(url: str, workers: int, client: str = "socket") -> dict:
+    """One shuffled epoch. client "fsspec" reads the same chunk ranges through fsspec's cat_file (the
+    loader's remote path before osae's range client) for a side-by-side figure."""
     from osae.store import ActivationStore, LoaderConfig, ShuffledLoader
 
     store = ActivationStore(url)
     ld = ShuffledLoader(store, HOOK, LoaderConfig(batch_size=4096, read_workers=workers, buffer_bytes=2**28))
-    t0 = time.perf_counter()
+    if client == "fsspec":
+        make_reader = ld._direct_reader
+
+        def fsspec_reader():
+            reader = make_reader()
+            reader.ranged = None
+            return reader
+
+        ld._direct_reader = fsspec_reader
+    t0, cpu0 = time.perf_counter(), time.process_time()
     it = ld.epoch_batches()
     rows = len(next(it))
     first = time.perf_counter() - t0
     rows += sum(len(x) for x in it)
-    seconds = time.perf_counter() - t0
-    return {"workers": workers, "gb_s": rows * ROW_BYTES / seconds / 1e9, "first_batch_s": first}
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    gb = rows * ROW_BYTES / 1e9
+    return {
+        "workers": workers,
+        "client": client,
+        "gb_s": gb / seconds,
+        "cpu_s_per_gb": cpu / gb,
+        "first_batch_s": first,
+    }
 
 
-def measure(fs, keys: list[str], url: str, workers: list[int], rounds: int) -> dict:
-    result: dict = {"stream_gb_s": [], "loader": []}
+def range_cost(fs, key: str, chunk_bytes: int = 16 * 2**20, repeats: int = 6) -> dict:
+    """Seconds per request: one chunk-sized range against the whole object. On a server that reads only
+    the range the first is a fraction of the second; moto copies the whole object first."""
+    reader = SocketReader(fs)
+    size = fs.size(key)
+    buf = memoryview(bytearray(size))
+    timings = {}
+    for label, nbytes in (("chunk_range_s", chunk_bytes), ("whole_object_s", size)):
+        t0 = time.perf_counter()
+        for i in range(repeats):
+            reader.read_into(key, (i * chunk_bytes) % (size - nbytes + 1), buf[:nbytes])
+        timings[label] = (time.perf_counter() - t0) / repeats
+    return {"object_mib": size / 2**20, **timings}
+
+
+def measure(fs, keys: list[str], url: str, workers: list[int], rounds: int, clients: list[str]) -> dict:
+    result: dict = {"stream_gb_s": [], "raw_stream_gb_s": [], "stream_cpu_s_per_gb": [], "loader": []}
+    result["range_cost"] = range_cost(fs, keys[0])
+    print(f"{url}: {json.dumps(result['range_cost'])}", file=sys.stderr)
     for _ in range(rounds):
-        result["stream_gb_s"].append(stream_once(fs, keys))
-        print(f"{url}: stream {result['stream_gb_s'][-1]:.3f} GB/s", file=sys.stderr)
+        (fsspec_rate, fsspec_cpu), (raw_rate, raw_cpu) = stream_once(fs, keys), raw_stream_once(fs, keys)
+        result["stream_gb_s"].append(fsspec_rate)
+        result["raw_stream_gb_s"].append(raw_rate)
+        result["stream_cpu_s_per_gb"].append({"fsspec": fsspec_cpu, "socket reader": raw_cpu})
+        print(
+            f"{url}: stream {fsspec_rate:.3f} GB/s, {fsspec_cpu:.2f} CPU-s/GB (fsspec); "
+            f"{raw_rate:.3f} GB/s, {raw_cpu:.2f} CPU-s/GB (socket reader)",
+            file=sys.stderr,
+        )
         for w in workers:
-            result["loader"].append(loader_once(url, w))
-            print(json.dumps(result["loader"][-1]), file=sys.stderr)
-    stream = sum(result["stream_gb_s"]) / rounds
-    by_workers: dict[int, list[float]] = {}
+            for client in clients:
+                result["loader"].append(loader_once(url, w, client))
+                print(json.dumps(result["loader"][-1]), file=sys.stderr)
+    stream = max(sum(result["stream_gb_s"]), sum(result["raw_stream_gb_s"])) / rounds
+    result["ceiling_gb_s"] = stream
+    groups: dict[str, list[dict]] = {}
     for row in result["loader"]:
-        by_workers.setdefault(row["workers"], []).append(row["gb_s"])
+        groups.setdefault(f"{row['client']}, {row['workers']} in flight", []).append(row)
     result["summary"] = {
-        w: {"gb_s": sum(v) / len(v), "vs_stream": sum(v) / len(v) / stream} for w, v in by_workers.items()
+        name: {
+            "gb_s": sum(r["gb_s"] for r in rows) / len(rows),
+            "vs_stream": sum(r["gb_s"] for r in rows) / len(rows) / stream,
+            "cpu_s_per_gb": sum(r["cpu_s_per_gb"] for r in rows) / len(rows),
+        }
+        for name, rows in groups.items()
     }
     return result
 
@@ -153,6 +245,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4,8")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--servers", default="http,moto")
+    ap.add_argument("--clients", default="socket,fsspec", help="loader chunk reads: socket (osae's), fsspec")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--serve-http", nargs=2, metavar=("ROOT", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -167,6 +260,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="osae-remote-"))
     workers = [int(x) for x in args.workers.split(",")]
+    clients = args.clients.split(",")
     build_store(work / "served" / "store", args.mib * 2**20 // ROW_BYTES)
     local_keys = sorted(
         p.relative_to(work / "served").as_posix()
@@ -183,7 +277,9 @@ def main() -> None:
             proc, base = start_http(work / "served", work / "http.log")
             procs.append(proc)
             fs = fsspec.filesystem("http")
-            result["http"] = measure(fs, [f"{base}/{k}" for k in local_keys], f"{base}/store", workers, args.rounds)
+            result["http"] = measure(
+                fs, [f"{base}/{k}" for k in local_keys], f"{base}/store", workers, args.rounds, clients
+            )
         if "moto" in args.servers:
             import s3fs
 
@@ -200,7 +296,7 @@ def main() -> None:
             url = f"s3://{BUCKET}/store"
             copy_store(str(work / "served" / "store"), url)
             keys = [f"{BUCKET}/{k}" for k in local_keys]
-            result["moto"] = measure(fs, keys, url, workers, args.rounds)
+            result["moto"] = measure(fs, keys, url, workers, args.rounds, clients)
         args.out.write_text(json.dumps(result, indent=2))
         print(json.dumps({k: v["summary"] for k, v in result.items() if isinstance(v, dict)}, indent=2))
     finally:

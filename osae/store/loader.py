@@ -232,7 +232,7 @@ class ShuffledLoader:
         return buf
 
     def _direct_reader(self):
-        """A zarr-bypassing chunk reader for local uncompressed stores (osae.store.core.direct), or None."""
+        """A zarr-bypassing chunk reader for uncompressed stores, local or remote (osae.store.core.direct), or None."""
         path = f"{ACTS_GROUP}/{self.hook}"
         layout = direct_layout(self.store, path) if self.cfg.direct_reads else None
         return DirectChunkReader(self.store, path, layout, verify=self.cfg.verify_checksums) if layout else None

@@ -3,6 +3,7 @@ read-only HTTP server (a thread). Nothing in osae is mocked: every byte goes thr
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import json
@@ -64,11 +65,11 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float 
 
 
 @pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
+def moto(tmp_path_factory):
     """moto's standalone S3 server on a free loopback port, with the AWS_* environment pointing at it.
 
-    Yields the endpoint URL; a bucket BUCKET exists. The environment is restored and the server
-    stopped at the end of the module.
+    Yields (endpoint URL, the server's request log); a bucket BUCKET exists. The environment is restored
+    and the server stopped at the end of the module.
     """
     port = _free_port()
     # The server logs every request: to a file, never to a pipe nobody drains (a full pipe blocks it).
@@ -89,7 +90,7 @@ def s3_server(tmp_path_factory):
             for k in ("AWS_ENDPOINT_URL_S3", "OSAE_STORAGE_OPTIONS", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
                 mp.delenv(k, raising=False)
             _s3_client(endpoint).create_bucket(Bucket=BUCKET)
-            yield endpoint
+            yield endpoint, log
     finally:
         proc.terminate()
         try:
@@ -98,6 +99,12 @@ def s3_server(tmp_path_factory):
             proc.kill()
             proc.wait()
         log_file.close()
+
+
+@pytest.fixture(scope="module")
+def s3_server(moto):
+    """The endpoint URL of the module's moto server."""
+    return moto[0]
 
 
 def _s3_client(endpoint: str):
@@ -164,20 +171,27 @@ class _ReadOnlyRangeHandler(http.server.SimpleHTTPRequestHandler):
         return io.BytesIO(body)
 
 
-@pytest.fixture(scope="module")
-def http_root(tmp_path_factory):
-    """(directory, base URL): the directory is served read-only over plain HTTP on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("http-root")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_ReadOnlyRangeHandler, directory=str(root)))
+@contextlib.contextmanager
+def _serving(root: Path, handler: type[http.server.BaseHTTPRequestHandler]):
+    """Serve `root` with `handler` from a thread on a free loopback port; yields the base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def http_root(tmp_path_factory):
+    """(directory, base URL): the directory is served read-only over plain HTTP on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("http-root")
+    with _serving(root, _ReadOnlyRangeHandler) as base:
+        yield root, base
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +271,27 @@ def test_s3_endpoint_from_osae_storage_options(s3_server, monkeypatch):
     monkeypatch.setenv("OSAE_STORAGE_OPTIONS", "{not json")
     with pytest.raises(StoreError, match="OSAE_STORAGE_OPTIONS is not valid JSON"):
         ActivationStore(url)
+
+
+def test_s3_loader_reads_chunks_by_presigned_range_requests(moto):
+    """The loader's chunk reads on S3 are plain GETs of presigned URLs, read into the chunk bins; the
+    rows equal those of zarr's own reads."""
+    endpoint, log = moto
+    url = f"s3://{BUCKET}/ranged.zarr"
+    make_store(url, **SMALL)
+    store = ActivationStore(url)
+
+    def epoch(**kw):
+        cfg = LoaderConfig(batch_size=100, buffer_bytes=2 * 256 * 16 * 2, drop_last=False, seed=7, **kw)
+        return np.concatenate([x.numpy().copy() for x in ShuffledLoader(store, HOOK, cfg).epoch_batches()])
+
+    before = log.read_text(errors="replace")
+    direct = epoch(read_workers=3)
+    requests = log.read_text(errors="replace")[len(before) :]
+    # moto's log lines, e.g. "GET /bucket/ranged.zarr/acts/.../c/0/0?AWSAccessKeyId=...&Signature=... HTTP/1.1" 206
+    presigned = re.findall(rf"GET /{BUCKET}/ranged\.zarr/acts/\S*\?\S*Signature=\S* HTTP/1\.1\S*\" 206", requests)
+    assert len(presigned) >= store.n_chunks, requests[-2000:]
+    np.testing.assert_array_equal(direct, epoch(direct_reads=False, read_workers=1))
 
 
 def test_missing_s3_store_is_a_clear_error(s3_server):
@@ -383,6 +418,90 @@ def test_a_flipped_byte_in_a_served_chunk_stops_the_loader_in_one_line(http_root
     with pytest.raises(StoreError, match=r"cannot read chunk 0 of .*checksum mismatch; run `osae store verify`"):
         for _ in ShuffledLoader(store, HOOK, cfg).epoch_batches():
             pass
+
+
+class _ForgetfulRangeHandler(_ReadOnlyRangeHandler):
+    """HTTP/1.1 with ranges, but each connection is closed after one response without saying so (as
+    servers close idle kept-alive connections); /gone/ is 404, ranged GETs under /busy/ are 503 and
+    /moved/ redirects to the same path without it."""
+
+    protocol_version = "HTTP/1.1"
+
+    def send_head(self):
+        if self.path.startswith("/gone/"):
+            self.send_error(404)
+            return None
+        if self.path.startswith("/busy/") and self.headers.get("Range"):
+            self.send_error(503, "try later")
+            return None
+        if self.path.startswith("/moved/"):
+            self.send_response(302)
+            self.send_header("Location", self.path.removeprefix("/moved"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        return super().send_head()
+
+    def handle_one_request(self):
+        super().handle_one_request()
+        self.close_connection = True
+
+
+@pytest.fixture()
+def forgetful_server(tmp_path):
+    """(directory, base URL) served by _ForgetfulRangeHandler; busy/ holds a store."""
+    make_store(tmp_path / "busy" / "s.zarr", **SMALL)
+    with _serving(tmp_path, _ForgetfulRangeHandler) as base:
+        yield tmp_path, base
+
+
+def test_range_client_reconnects_follows_redirects_and_names_http_errors(forgetful_server):
+    from osae.store.core.ranged import RangeClient
+
+    root, base = forgetful_server
+    blob = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8)
+    (root / "blob").write_bytes(blob.tobytes())
+    client = RangeClient(lambda name: name)
+    for start in (0, 4096, 99_000):  # each on a connection the server has silently closed
+        head, tail = bytearray(500), bytearray(7)
+        client.read_into(f"{base}/blob", start, memoryview(head), memoryview(tail))
+        assert bytes(head + tail) == blob[start : start + 507].tobytes()
+    assert client.read_tail(f"{base}/moved/blob", 20) == blob[-20:].tobytes()
+    with pytest.raises(FileNotFoundError):
+        client.read_tail(f"{base}/gone/blob", 20)
+    with pytest.raises(OSError, match="HTTP 503"):
+        client.read_tail(f"{base}/busy/s.zarr/zarr.json", 20)
+    with pytest.raises(EOFError):
+        client.read_into(f"{base}/blob", 99_990, memoryview(bytearray(20)))
+
+
+def test_fsspec_reads_remote_chunks_where_the_range_client_cannot_follow(monkeypatch, http_store):
+    from osae.store.core.location import filesystem, parse_location
+    from osae.store.core.ranged import range_client
+
+    loc = parse_location(http_store[0])
+    assert range_client(loc, filesystem(loc)) is not None
+    monkeypatch.setenv("OSAE_STORAGE_OPTIONS", json.dumps({"headers": {"Authorization": "Bearer x"}}))
+    assert range_client(loc, filesystem(loc)) is None  # headers the client would have to copy
+    monkeypatch.delenv("OSAE_STORAGE_OPTIONS")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert range_client(loc, filesystem(loc)) is None  # fsspec's clients know the proxy
+
+
+def test_http_errors_and_servers_without_ranges_stop_the_loader_in_one_line(forgetful_server):
+    _, base = forgetful_server
+    store = ActivationStore(f"{base}/busy/s.zarr")
+    with pytest.raises(StoreError, match=r"cannot read chunk \d+ of .*HTTP 503.*; check the connection") as err:
+        for _ in ShuffledLoader(store, HOOK, LoaderConfig(batch_size=100, read_workers=2)).epoch_batches():
+            pass
+    assert "\n" not in str(err.value)
+
+    # plain SimpleHTTPRequestHandler ignores Range: every GET gets the whole file
+    with _serving(forgetful_server[0], http.server.SimpleHTTPRequestHandler) as base:
+        store = ActivationStore(f"{base}/busy/s.zarr")
+        with pytest.raises(StoreError, match=r"ignores byte ranges; serve the store from a server that honours"):
+            for _ in ShuffledLoader(store, HOOK, LoaderConfig(batch_size=100)).epoch_batches():
+                pass
 
 
 def test_writing_to_http_is_refused_as_read_only(http_root):

@@ -6,7 +6,8 @@ its checksum into a 4-byte buffer; the checksum is then verified. This avoids za
 per chunk (first-touch page faults were the loader's largest cost on this machine) and its event loop.
 On a remote store (s3://, http(s)://) each shard's index is fetched once and kept, so a chunk costs one
 range request where zarr makes two (index and chunk); requests are independent, so readers can overlap
-them. Anything else (compressed chunks, another codec chain) goes through zarr.
+them. The request's body is read from the socket into the destination (`ranged.RangeClient`), or through
+fsspec where that cannot be done. Anything else (compressed chunks, another codec chain) goes through zarr.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from osae.errors import StoreError, UsageError
 from osae.store.core.location import filesystem, join
+from osae.store.core.ranged import RangeUnsupported, range_client
 from osae.store.core.reader import ActivationStore
 
 _EMPTY = np.uint64(2**64 - 1)
@@ -57,6 +59,7 @@ class DirectChunkReader:
     def __init__(self, store: ActivationStore, path: str, layout: dict, verify: bool = True):
         self.store, self.path, self.lay, self.verify = store, path, layout, verify
         self.remote = None if store.loc.is_local else filesystem(store.loc)
+        self.ranged = None if self.remote is None else range_client(store.loc, self.remote)
         # remote shard -> its (chunks, 2) index; two threads may both fetch one, which costs a request, not
         # correctness, so no lock
         self._indexes: dict[str, np.ndarray] = {}
@@ -106,18 +109,43 @@ class DirectChunkReader:
             os.close(fd)
 
     def _read_remote(self, c: int, fname: str, j: int, flat: np.ndarray) -> int:
-        index = self._indexes.get(fname)
         try:
+            index = self._indexes.get(fname)
             if index is None:
-                size = self.remote.size(fname)
-                index = self._index(c, self.remote.cat_file(fname, start=size - self.index_bytes, end=size))
+                index = self._index(c, self._tail(fname))
                 self._indexes[fname] = index
             offset = self._chunk_range(c, index, j)
-            data = self.remote.cat_file(fname, start=offset, end=offset + self.lay["chunk_bytes"] + 4)
+            return self._range_into(fname, offset, flat)
         except FileNotFoundError:
             raise self._missing(c, fname) from None
+        except EOFError:
+            raise self._corrupt(c, "shard object is truncated") from None
+        except RangeUnsupported as exc:
+            raise StoreError(
+                f"cannot read chunk {c} of '{self.path}' from {self.store.loc.display}: {exc}; serve the store "
+                f"from a server that honours HTTP Range requests (plain `python -m http.server` does not)"
+            ) from None
+        except OSError as exc:  # refused, reset, timed out, or an HTTP error status
+            raise StoreError(
+                f"cannot read chunk {c} of '{self.path}' from {self.store.loc.display}: {exc}; "
+                f"check the connection and run the command again"
+            ) from None
+
+    def _tail(self, fname: str) -> bytes:
+        if self.ranged is not None:
+            return self.ranged.read_tail(fname, self.index_bytes)
+        size = self.remote.size(fname)
+        return self.remote.cat_file(fname, start=size - self.index_bytes, end=size)
+
+    def _range_into(self, fname: str, offset: int, flat: np.ndarray) -> int:
+        """Chunk bytes into `flat`; returns the stored crc32c that follows them."""
+        if self.ranged is not None:
+            crc = bytearray(4)
+            self.ranged.read_into(fname, offset, memoryview(flat), memoryview(crc))
+            return struct.unpack("<I", crc)[0]
+        data = self.remote.cat_file(fname, start=offset, end=offset + self.lay["chunk_bytes"] + 4)
         if len(data) != self.lay["chunk_bytes"] + 4:
-            raise self._corrupt(c, "shard object is truncated")
+            raise EOFError(fname)
         flat[:] = np.frombuffer(data, np.uint8, count=self.lay["chunk_bytes"])
         return struct.unpack("<I", data[-4:])[0]
 
