@@ -47,6 +47,7 @@ GROUPS = {
     "adam-window-50k": {**ADAM, "dead_window_tokens": 50_000},
     "adam-window-100k": {**ADAM, "dead_window_tokens": 100_000},  # a tenth of 1M tokens: the session 11 default
     "adam-window-250k": {**ADAM, "dead_window_tokens": 250_000},
+    "adam-window-500k": {**ADAM, "dead_window_tokens": 500_000},
 }
 
 

@@ -8,7 +8,7 @@ store's width d_in is bound later (`SAESpec.build_config`, `TrainConfig.check_wi
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ RESOLVED_KEY = "resolved"  # run.json: the values derived from the run (osae fit
 
 log = logging.getLogger(__name__)
 
-SPEC_KEYS = ("arch", "seed", "config", "lr")
+SPEC_KEYS = ("arch", "seed", "config", "lr", "dead_window_tokens")
 
 
 @dataclass
@@ -43,6 +43,8 @@ class SAESpec:
     lr: float | None = None
     """None: the optimizer's rule (osae.train.optimizers.default_lr; adam's falls with d_sae and grows with
     the batch)."""
+    dead_window_tokens: int | None = None
+    """None: the run's --dead-window-tokens, or its rule (TrainConfig.dead_window_of)."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -51,6 +53,9 @@ class SAESpec:
         self.lr = typed_value(self.lr, float | None, "lr")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"lr must be positive; got {self.lr}")
+        self.dead_window_tokens = typed_value(self.dead_window_tokens, int | None, "dead_window_tokens")
+        if self.dead_window_tokens is not None and self.dead_window_tokens <= 0:
+            raise UsageError(f"dead_window_tokens must be positive; got {self.dead_window_tokens}")
         config = self.config.settings() if isinstance(self.config, SAEConfig) else self.config
         self.arch_config: SAEConfig = parse_arch_config(self.arch, config)
         self.config = self.arch_config.settings()
@@ -67,10 +72,22 @@ class SAESpec:
         config = d.get("config", {})
         if not strict and d["arch"] in ARCHITECTURES and isinstance(config, dict):
             config = known_keys(config, setting_names(d["arch"]), d["arch"], strict=False)
-        return cls(arch=d["arch"], seed=d.get("seed", 0), config=config, lr=d.get("lr"))
+        return cls(
+            arch=d["arch"],
+            seed=d.get("seed", 0),
+            config=config,
+            lr=d.get("lr"),
+            dead_window_tokens=d.get("dead_window_tokens"),
+        )
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch, "seed": self.seed, "config": dict(self.config), "lr": self.lr}
+        return {
+            "arch": self.arch,
+            "seed": self.seed,
+            "config": dict(self.config),
+            "lr": self.lr,
+            "dead_window_tokens": self.dead_window_tokens,
+        }
 
     @property
     def name(self) -> str:
@@ -179,11 +196,14 @@ class TrainConfig:
                 f"--lr-warmup-steps must be in [0, {self.n_steps}] (the run's steps); got {self.lr_warmup_steps}; "
                 f"leave it out to scale it with the run"
             )
-        if self.dead_window_tokens is not None and self.dead_window_tokens > self.tokens:
-            raise UsageError(
-                f"--dead-window-tokens {self.dead_window_tokens} is longer than the run ({self.tokens} tokens): "
-                f"no latent could ever count as dead; give at most {self.tokens} or leave it out"
-            )
+        for name, window in [("--dead-window-tokens", self.dead_window_tokens)] + [
+            (f"{s.name}: dead_window_tokens", s.dead_window_tokens) for s in self.saes
+        ]:
+            if window is not None and window > self.tokens:
+                raise UsageError(
+                    f"{name} {window} is longer than the run ({self.tokens} tokens): no latent could ever "
+                    f"count as dead; give at most {self.tokens} or leave it out"
+                )
         if self.normalization not in NORMALIZATIONS:
             raise UsageError(f"normalization must be one of {NORMALIZATIONS}; got {self.normalization!r}")
         if self.nonfinite not in ("skip", "stop"):
@@ -221,6 +241,8 @@ class TrainConfig:
 
     def dead_window_of(self, spec: SAESpec) -> int:
         """The dead-latent window (tokens) of one SAE of this run."""
+        if spec.dead_window_tokens is not None:
+            return spec.dead_window_tokens
         if self.dead_window_tokens is not None:
             return self.dead_window_tokens
         # A fortieth of the run, but at least DEAD_WINDOW_FIRINGS firings of an average latent (which fires
@@ -246,6 +268,18 @@ class TrainConfig:
                 for c in [s.build_config(d_in, self.n_steps)]
             },
         }
+
+    def as_resolved(self, resolved: dict) -> TrainConfig:
+        """This run with the values a `resolved` record holds (learning rates, warm-up, dead windows, step
+        settings) set explicitly: a resumed run keeps what it derived when it started, whatever today's
+        rules derive. SAEs and values the record lacks keep today's."""
+        saes = []
+        for s in self.saes:
+            then = resolved.get("saes", {}).get(s.name, {})
+            steps = {n: then[n] for n in s.arch_config.step_settings if n in then}
+            window = then.get("dead_window_tokens", s.dead_window_tokens)
+            saes.append(SAESpec(s.arch, s.seed, {**s.config, **steps}, then.get("lr", s.lr), window))
+        return replace(self, saes=saes, lr_warmup_steps=resolved.get("lr_warmup_steps", self.lr_warmup_steps))
 
     def uses_bf16(self, device_type: str, d_in: int) -> bool:
         """bf16 autocast of the encoder matmul: always on a GPU under auto; on a CPU under auto only where it
@@ -297,8 +331,9 @@ class TrainConfig:
 
 
 def load_sweep(path: str | Path) -> list[SAESpec]:
-    """A sweep file (JSON, or YAML by its extension): a list of {"arch", "seeds" or "seed", "lr", and the
-    architecture's settings}. Every entry is parsed and checked; errors name the file and the entry."""
+    """A sweep file (JSON, or YAML by its extension): a list of {"arch", "seeds" or "seed", "lr",
+    "dead_window_tokens", and the architecture's settings}. Every entry is parsed and checked; errors name
+    the file and the entry."""
     entries = read_config_file(path, "sweep")
     if not isinstance(entries, list):
         raise UsageError(f"sweep file {path} must hold a JSON list of SAE entries")
@@ -313,10 +348,10 @@ def load_sweep(path: str | Path) -> list[SAESpec]:
         if "seed" in e and "seeds" in e:
             raise UsageError(f"sweep file {path}: entry {i} gives both 'seed' and 'seeds'; give one")
         seeds = e.pop("seeds") if "seeds" in e else [e.pop("seed", 0)]
-        lr = e.pop("lr", None)
+        lr, window = e.pop("lr", None), e.pop("dead_window_tokens", None)
         try:
             seeds = typed_value(seeds, list[int], "seeds")
-            specs += [SAESpec(arch=arch, seed=seed, config=dict(e), lr=lr) for seed in seeds]
+            specs += [SAESpec(arch, seed, dict(e), lr, window) for seed in seeds]
         except ValueError as exc:
             raise UsageError(f"sweep file {path}: entry {i}: {exc}") from None
     return specs

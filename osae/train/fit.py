@@ -68,6 +68,31 @@ def _resolved(saved: dict) -> dict:
         return saved
 
 
+def _as_started(cfg: TrainConfig, out: Path, d_in: int) -> TrainConfig:
+    """The run `cfg` resumes with the values it derived when it started (run.json's record), where this
+    osae's rules derive others (its defaults changed since): a run never changes recipe halfway."""
+    then = saved_config(out).get(RESOLVED_KEY)
+    if not isinstance(then, dict):  # started by an osae that kept no record
+        return cfg
+    diff = config_differences(_flat(then), _flat(cfg.resolved(d_in)))
+    if not diff:
+        return cfg
+    log.warning(
+        "the osae that started %s derived other values than this one (%s); the run keeps its own",
+        out,
+        "; ".join(diff),
+    )
+    return cfg.as_resolved(then)
+
+
+def _flat(resolved: dict) -> dict:
+    """A resolved record as one level: run-wide keys, then '<sae> <key>'."""
+    flat = {k: v for k, v in resolved.items() if k != "saes"}
+    for name, vals in resolved.get("saes", {}).items():
+        flat.update({f"{name} {k}": v for k, v in vals.items()})
+    return flat
+
+
 def _describe(resolved: dict) -> str:
     """One line of the resolved values: run-wide ones, then each SAE's."""
     run = ", ".join(f"{k}={v}" for k, v in resolved.items() if k != "saes")
@@ -116,6 +141,8 @@ def fit(
     log.info("%s", plan.note)
     if plan.action == "finished":
         return {"out": str(out), "already_finished": True}
+    if plan.action == "resume":
+        cfg = _as_started(cfg, out, d_in)
     resolved = cfg.resolved(d_in)
     log.info("derived from the run's length and width: %s", _describe(resolved))
     if plan.action == "fresh" and rank == 0:

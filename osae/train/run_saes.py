@@ -7,6 +7,8 @@ architectures that have that field, and naming one that no SAE of the run has is
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from osae.errors import UsageError
 from osae.train.arch_settings import setting_names, settings
 from osae.train.architectures import ARCHITECTURES
@@ -48,6 +50,7 @@ def override_specs(
             seed=s.seed,
             lr=s.lr if lr is None else lr,
             config={**s.config, **{k: v for k, v in values.items() if k in setting_names(s.arch)}},
+            dead_window_tokens=s.dead_window_tokens,
         )
         for s in specs
     ]
@@ -55,6 +58,6 @@ def override_specs(
         return changed
     distinct: list[SAESpec] = []
     for s in changed:
-        if not any(d.arch == s.arch and d.config == s.config and d.lr == s.lr for d in distinct):
+        if not any({**d.to_dict(), "seed": 0} == {**s.to_dict(), "seed": 0} for d in distinct):
             distinct.append(s)
-    return [SAESpec(arch=d.arch, seed=seed, config=dict(d.config), lr=d.lr) for d in distinct for seed in seeds]
+    return [replace(d, seed=seed, config=dict(d.config)) for d in distinct for seed in seeds]

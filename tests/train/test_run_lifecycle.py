@@ -104,6 +104,27 @@ def test_sigint_and_sigterm_checkpoint_and_the_same_command_resumes_bitwise(toy,
     _same_weights(ref, cut)
 
 
+def test_a_resumed_run_keeps_the_values_it_derived_when_it_started(toy, tmp_path):  # noqa: F811
+    """A run started by an osae whose rules derived other values than today's (here: warm-up 7 steps, dead
+    window 512 tokens, recorded as derived while the settings say "auto") resumes with its own values:
+    its weights equal those of an uninterrupted run given them explicitly."""
+    pinned = ("--lr-warmup-steps", "7", "--dead-window-tokens", "512")
+    ref = tmp_path / "ref"
+    assert _fit_cli(toy, ref, *pinned)[0] == 0
+    cut = tmp_path / "cut"
+    code, _, _ = _fit_cli(toy, cut, *pinned, "--checkpoint-every", "100", env={"OSAE_KILL_AT": "fit-step:150"})
+    assert code == -signal.SIGKILL and json.loads((cut / "run_state.json").read_text())["step"] == 100
+    record = json.loads((cut / "run.json").read_text())
+    assert record["resolved"]["lr_warmup_steps"] == 7
+    assert {v["dead_window_tokens"] for v in record["resolved"]["saes"].values()} == {512}
+    (cut / "run.json").write_text(json.dumps({**record, "lr_warmup_steps": None, "dead_window_tokens": None}))
+    code, _, err = _fit_cli(toy, cut, "--checkpoint-every", "100")  # today's command: both left out
+    assert code == 0, err
+    assert "derived other values than this one (" in err and "lr_warmup_steps: 7 -> 200" in err
+    assert "topk-K32-k3-s0 dead_window_tokens: 512 -> " in err and "the run keeps its own" in err
+    _same_weights(ref, cut)
+
+
 def test_a_changed_command_is_refused_and_overwrite_starts_afresh(toy, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     fit(_cfg(toy, out, SPECS, tokens=256 * 12), progress=False)

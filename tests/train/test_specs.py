@@ -146,6 +146,17 @@ def test_a_yaml_sweep_with_a_misspelt_key_names_file_entry_and_key(tmp_path):
         load_sweep(bad)
 
 
+def test_a_dead_window_per_sae_beats_the_run_s_and_must_fit_in_the_run(tmp_path):
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps([{"arch": "topk", "d_sae": 32, "k": 3, "seeds": [0, 1], "dead_window_tokens": 512}]))
+    specs = load_sweep(sweep) + [SAESpec("relu", 0, {"d_sae": 32})]
+    cfg = TrainConfig(store="s", out="o", saes=specs, tokens=4096, batch_size=256, dead_window_tokens=1024)
+    assert [cfg.dead_window_of(s) for s in cfg.saes] == [512, 512, 1024]
+    assert TrainConfig.from_dict(cfg.to_dict()).saes == cfg.saes  # run.json keeps it
+    with pytest.raises(ValueError, match=r"topk-K32-k32-s0: dead_window_tokens 8192 is longer than the run"):
+        TrainConfig(store="s", out="o", saes=[SAESpec("topk", 0, {"d_sae": 32}, None, 8192)], tokens=4096)
+
+
 @pytest.mark.parametrize(
     "arch, values, kind",
     [
