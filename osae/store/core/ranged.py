@@ -68,10 +68,14 @@ class RangeClient:
                 self._drop(url)  # the body is the whole object: do not read it just to reuse the connection
                 raise RangeUnsupported(f"{urlsplit(url).netloc} ignores byte ranges")
             if resp.status != 206:
-                body = resp.read(300).decode("utf-8", "replace").split("\n")[0]
+                body = " ".join(resp.read(400).decode("utf-8", "replace").split())  # e.g. S3's <Error> XML
                 self._drop(url)
                 raise OSError(f"HTTP {resp.status} {resp.reason} for {name} ({byte_range}): {body}")
-            self._body_into(resp, views)
+            try:
+                self._body_into(resp, views)
+            except BaseException:  # a connection left mid-body cannot carry the next request
+                self._drop(url)
+                raise
             return
         raise OSError(f"more than {MAX_REDIRECTS} redirects for {name}")
 
