@@ -249,6 +249,11 @@ class Trainer:
                 f"disk full while checkpointing step {self.step} in {self.out}; the previous "
                 f"checkpoint is intact: free space and run `osae fit --resume {self.out}`"
             ) from None
+        if isinstance(exc, OSError):  # the file system's refusal (a path gone or taken, no permission), not a bug
+            raise CheckpointError(
+                f"could not write the checkpoint of step {self.step} in {self.out} ({exc}); earlier "
+                f"checkpoints are untouched: fix that and run the same command again"
+            ) from None
         raise exc
 
     def _write_saes(self, final: bool) -> None:

@@ -125,6 +125,24 @@ def test_a_resumed_run_keeps_the_values_it_derived_when_it_started(toy, tmp_path
     _same_weights(ref, cut)
 
 
+def test_a_checkpoint_the_file_system_refuses_is_one_line_and_the_run_resumes_after(toy, tmp_path):  # noqa: F811
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    assert _fit_cli(toy, ref)[0] == 0
+    code, _, _ = _fit_cli(toy, cut, "--checkpoint-every", "100", env={"OSAE_KILL_AT": "fit-step:150"})
+    assert code == -signal.SIGKILL
+    blocker = cut / "topk-K32-k3-s0" / "sae.safetensors.tmp"
+    blocker.mkdir()  # where the next checkpoint writes its weights: the write fails with EISDIR
+    code, _, err = _fit_cli(toy, cut, "--checkpoint-every", "100")
+    lines = [line for line in err.splitlines() if line.startswith("osae: error:")]
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "could not write the checkpoint of step 200" in lines[0] and "run the same command again" in lines[0]
+    assert json.loads((cut / "run_state.json").read_text())["step"] == 100
+    blocker.rmdir()
+    code, _, err = _fit_cli(toy, cut, "--checkpoint-every", "100")
+    assert code == 0, err
+    _same_weights(ref, cut)
+
+
 def test_a_changed_command_is_refused_and_overwrite_starts_afresh(toy, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     fit(_cfg(toy, out, SPECS, tokens=256 * 12), progress=False)
