@@ -246,6 +246,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--servers", default="http,moto")
     ap.add_argument("--clients", default="socket,fsspec", help="loader chunk reads: socket (osae's), fsspec")
+    ap.add_argument(
+        "--moto-chunks-per-shard", type=int, default=None, help="reshard the S3 copy (default: keep, 8 per shard)"
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--serve-http", nargs=2, metavar=("ROOT", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -294,8 +297,10 @@ def main() -> None:
             fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
             fs.mkdir(BUCKET)
             url = f"s3://{BUCKET}/store"
-            copy_store(str(work / "served" / "store"), url)
-            keys = [f"{BUCKET}/{k}" for k in local_keys]
+            copy_store(str(work / "served" / "store"), url, chunks_per_shard=args.moto_chunks_per_shard)
+            prefix = f"{BUCKET}/store/acts/{HOOK}/c/"
+            keys = sorted(k for k in fs.find(prefix) if not k.endswith("zarr.json"))
+            result["moto_chunks_per_shard"] = args.moto_chunks_per_shard or 8
             result["moto"] = measure(fs, keys, url, workers, args.rounds, clients)
         args.out.write_text(json.dumps(result, indent=2))
         print(json.dumps({k: v["summary"] for k, v in result.items() if isinstance(v, dict)}, indent=2))

@@ -95,10 +95,15 @@ def copy_cmd(
     src: str = typer.Argument(..., help="Source store path or URL."),
     dst: str = typer.Argument(..., help="Destination path or s3:// URL."),
     compressor: str = typer.Option(None, help=f"Recompress with one of {list(COMPRESSORS)} (default: keep)."),
+    chunks_per_shard: int = typer.Option(
+        None,
+        help="Chunks in each shard file or object (default: keep). Fewer means smaller objects, for servers "
+        "that handle a byte range by reading its whole object.",
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing destination."),
     json_out: bool = typer.Option(False, "--json", help="Print the verification report as JSON."),
 ) -> None:
-    """Copy committed rows between locations, recompressing if asked, then verify the copy.
+    """Copy committed rows between locations, recompressing or resharding if asked, then verify the copy.
 
     Examples:
       osae store copy acts.zarr s3://team-bucket/acts.zarr
@@ -106,7 +111,11 @@ def copy_cmd(
     """
     if compressor is not None and compressor not in COMPRESSORS:
         fail(f"--compressor must be one of {list(COMPRESSORS)}; got {compressor!r}")
-    report = tools.copy(src, dst, compressor=compressor, overwrite=overwrite, progress=not json_out)
+    if chunks_per_shard is not None and chunks_per_shard < 1:
+        fail(f"--chunks-per-shard must be a positive integer; got {chunks_per_shard}")
+    report = tools.copy(
+        src, dst, compressor=compressor, chunks_per_shard=chunks_per_shard, overwrite=overwrite, progress=not json_out
+    )
     if json_out:
         print_json(report)
     else:

@@ -90,8 +90,17 @@ def verify(url, *, progress: bool = False) -> dict:
     return check_store(ActivationStore(url, quiet=True), progress=progress)
 
 
-def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, progress: bool = False) -> dict:
-    """Copy the committed rows of SRC to DST (recompressing if asked), then verify DST."""
+def copy(
+    src,
+    dst,
+    *,
+    compressor: str | None = None,
+    chunks_per_shard: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Copy the committed rows of SRC to DST (recompressing or resharding if asked; by default with SRC's
+    compressor and layout), then verify DST. The chunks, and so the fingerprint, stay the same."""
     store = ActivationStore(src, quiet=True)
     meta = store.meta
     writer = StoreWriter.create(
@@ -102,6 +111,7 @@ def copy(src, dst, *, compressor: str | None = None, overwrite: bool = False, pr
         provenance={**meta.get("provenance", {}), "copied_from": store.loc.display},
         compressor=compressor or meta.get("compressor", "none"),
         chunk_rows=store.chunk_rows,
+        chunks_per_shard=chunks_per_shard or store.shard_rows // store.chunk_rows,
         split=meta["split"],
         overwrite=overwrite,
     )

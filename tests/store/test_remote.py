@@ -320,6 +320,28 @@ def test_copy_local_to_s3_to_local(s3_server, tmp_path, compressor):
     assert again["ok"] and again["same_content"]
 
 
+def test_a_copy_resharded_to_one_chunk_per_object_feeds_the_loader_the_same_rows(s3_server, tmp_path):
+    src = tmp_path / "src.zarr"
+    make_store(src, **SMALL)
+    remote = f"s3://{BUCKET}/one-chunk-shards.zarr"
+    report = tools.copy(src, remote, chunks_per_shard=1)
+    assert report["ok"] and report["same_content"], report
+    store, local = ActivationStore(remote), ActivationStore(src)
+    assert store.shard_rows == store.chunk_rows == local.chunk_rows and local.shard_rows == 8 * local.chunk_rows
+    shards = {k for k in _s3_keys(s3_server, f"one-chunk-shards.zarr/acts/{HOOK}/c/")}
+    assert len(shards) == store.n_chunks  # one object per chunk
+
+    def epoch(s):
+        cfg = LoaderConfig(batch_size=100, buffer_bytes=2 * 256 * 16 * 2, drop_last=False, seed=2, read_workers=2)
+        return np.concatenate([x.numpy().copy() for x in ShuffledLoader(s, HOOK, cfg).epoch_batches()])
+
+    np.testing.assert_array_equal(epoch(store), epoch(local))
+    back = tools.copy(remote, tmp_path / "back.zarr")  # keeps the source's layout
+    assert back["same_content"] and ActivationStore(tmp_path / "back.zarr").shard_rows == store.chunk_rows
+    r = _osae("store", "copy", str(src), f"s3://{BUCKET}/bad.zarr", "--chunks-per-shard", "0")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "--chunks-per-shard must be a positive" in r.stderr
+
+
 def test_remote_writer_lease_excludes_a_second_writer(s3_server):
     url = f"s3://{BUCKET}/y.zarr"
     make_store(url, n_seqs=5, ctx=16, d=16, chunk_rows=256, seed=1)

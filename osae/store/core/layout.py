@@ -31,6 +31,7 @@ from osae.store.core.lock import WriterLock
 from osae.store.core.reader import open_group, read_metadata
 
 SEQ_CHUNK = 65536
+DEFAULT_CHUNKS_PER_SHARD = 8  # 16 MiB chunks in 128 MiB shards by default (docs/benchmarks.md, "Store layouts")
 CONTEXT_CHUNK = 4096
 
 
@@ -74,6 +75,7 @@ def create_store(
     provenance: dict | None = None,
     compressor: str = "none",
     chunk_rows: int | None = None,
+    chunks_per_shard: int = DEFAULT_CHUNKS_PER_SHARD,
     expected_rows: int | None = None,
     split: dict | None = None,
     overwrite: bool = False,
@@ -81,6 +83,8 @@ def create_store(
     """Lock `url` and lay out a new, empty store there. Refuses an existing store unless `overwrite`."""
     if not hooks:
         raise UsageError("a store needs at least one hook")
+    if not isinstance(chunks_per_shard, int) or chunks_per_shard < 1:
+        raise UsageError(f"chunks per shard must be a positive integer; got {chunks_per_shard!r}")
     loc = parse_location(url)
     lock = WriterLock(loc).acquire()
     try:
@@ -91,7 +95,7 @@ def create_store(
         row_bytes = max(h["d_model"] * storage_dtype(h["dtype"]).itemsize for h in hooks.values())
         auto_chunk, _ = chunk_layout(row_bytes, expected_rows)
         chunk = int(chunk_rows or auto_chunk)
-        shard = chunk * 8
+        shard = chunk * chunks_per_shard
         split = split or {
             "rule": "hash-chunks",
             "eval_fraction": DEFAULT_EVAL_FRACTION,
