@@ -14,7 +14,6 @@ such a server cannot serve a sharded store through fsspec either.
 from __future__ import annotations
 
 import http.client
-import re
 import ssl
 import threading
 import time
@@ -27,7 +26,6 @@ from osae.store.core.location import Location, storage_options
 TIMEOUT_S = 60.0
 MAX_REDIRECTS = 5
 SIGNED_FOR_S = 3600  # presigned URLs last an hour and are renewed after half of it
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 # a kept-alive connection the server has since closed fails in one of these ways on its next request
 _STALE = (http.client.RemoteDisconnected, http.client.CannotSendRequest, ConnectionResetError, BrokenPipeError)
 
