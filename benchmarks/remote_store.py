@@ -37,6 +37,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from statistics import fmean
 
 HOOK = "blocks.3.hook_resid_post"
 BUCKET = "osae-bench"
@@ -197,6 +198,19 @@ def loader_once(url: str, workers: int, client: str = "socket") -> dict:
     }
 
 
+def _summary(rows: list[dict], stream: float) -> dict:
+    """Means over rounds of one loader setting, its steady state and its first epoch, against the ceiling."""
+    steady, first = fmean(r["gb_s"] for r in rows), fmean(r["first_epoch"]["gb_s"] for r in rows)
+    return {
+        "gb_s": steady,
+        "vs_stream": steady / stream,
+        "cpu_s_per_gb": fmean(r["cpu_s_per_gb"] for r in rows),
+        "first_epoch_gb_s": first,
+        "first_epoch_vs_stream": first / stream,
+        "first_batch_s": fmean(r["first_epoch"]["first_batch_s"] for r in rows),
+    }
+
+
 def range_cost(fs, key: str, chunk_bytes: int = 16 * 2**20, repeats: int = 6) -> dict:
     """Seconds per request: one chunk-sized range against the whole object. On a server that reads only
     the range the first is a fraction of the second; moto copies the whole object first."""
@@ -236,20 +250,7 @@ def measure(fs, keys: list[str], url: str, workers: list[int], rounds: int, clie
     for row in result["loader"]:
         groups.setdefault(f"{row['client']}, {row['workers']} in flight", []).append(row)
 
-    def mean(rows, key):
-        return sum(r[key] for r in rows) / len(rows)
-
-    result["summary"] = {
-        name: {
-            "gb_s": mean(rows, "gb_s"),
-            "vs_stream": mean(rows, "gb_s") / stream,
-            "cpu_s_per_gb": mean(rows, "cpu_s_per_gb"),
-            "first_epoch_gb_s": mean([r["first_epoch"] for r in rows], "gb_s"),
-            "first_epoch_vs_stream": mean([r["first_epoch"] for r in rows], "gb_s") / stream,
-            "first_batch_s": mean([r["first_epoch"] for r in rows], "first_batch_s"),
-        }
-        for name, rows in groups.items()
-    }
+    result["summary"] = {name: _summary(rows, stream) for name, rows in groups.items()}
     return result
 
 
