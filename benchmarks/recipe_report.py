@@ -104,6 +104,31 @@ def _near_best(by_setting: dict, max_dead: float) -> str:
     )
 
 
+def _paired(by_setting: dict, pair: str) -> list[str]:
+    """Group A against group B ("A,B") where their SAEs differ in nothing else (same label: learning rate,
+    warm-up, window, AuxK, seed, so the same initialisation and batches): each pair's FVU ratio and dead
+    fractions, then the range over all pairs."""
+    a, b = pair.split(",")
+    lines, ratios, fewer_dead = [f"{a} against {b}, SAE for SAE:"], [], 0
+    for setting, rows in by_setting.items():
+        of_b = {r["label"]: r for r in rows if r["group"] == b}
+        for r in (r for r in rows if r["group"] == a and r["label"] in of_b):
+            o = of_b[r["label"]]
+            ratios.append(r["fvu"] / o["fvu"])
+            fewer_dead += r["dead_fraction"] < o["dead_fraction"]
+            lines.append(
+                f"- {setting}, {r['label']}: FVU {r['fvu']:.4f} against {o['fvu']:.4f} ({ratios[-1]:.3f}x), dead "
+                f"{100 * r['dead_fraction']:.1f}% against {100 * o['dead_fraction']:.1f}%"
+            )
+    if not ratios:
+        return [*lines, "- no pairs"]
+    return [
+        *lines,
+        f"Over {len(ratios)} pairs: FVU ratio {min(ratios):.3f}-{max(ratios):.3f}; {a} has fewer dead latents in "
+        f"{fewer_dead} of {len(ratios)}.",
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweeps", nargs="+", help="recipe_sweep.py output directories")
@@ -112,6 +137,7 @@ def main() -> None:
         "--min-eval-tokens", type=int, default=1_000_000, help="leave out sweeps scored on fewer held-out rows"
     )
     ap.add_argument("--max-dead", type=float, default=MAX_DEAD, help="dead share under which the table marks the best")
+    ap.add_argument("--pair", default="", help="A,B: compare group A's SAEs with group B's identical ones")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +186,8 @@ def main() -> None:
         _near_best(by_setting, args.max_dead),
     ]
     lines += ["", "At equal dead fractions:", *comparisons, "", f"Verdict: {verdict}."]
+    if args.pair:
+        lines += ["", *_paired(by_setting, args.pair)]
     (out / "recipe.md").write_text("\n".join(lines) + "\n")
     (out / "recipe.json").write_text(json.dumps({"winners": winners, "verdict": verdict}, indent=1))
     _plot(by_setting, out)

@@ -31,6 +31,7 @@ GROUPS = {
     "adam-beta2-0.99": {**ADAM, "adam_betas": [0.9, 0.99]},
     "adam-fvu-loss": {**ADAM, "loss_scale": "fvu"},
     "adam-window-1M": {**ADAM, "dead_window_tokens": 1_000_000},
+    "adam-lazy": {"optimizer": "adam-lazy"},
     "signum-sf": {"optimizer": "signum-sf"},
     "signum-sf-bf16": {"optimizer": "signum-sf", "autocast": "bf16"},
     "signum-sf-fvu-loss": {"optimizer": "signum-sf", "loss_scale": "fvu"},

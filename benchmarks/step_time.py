@@ -1,7 +1,7 @@
 """Training-step time of every architecture (issue 13). Results go to docs/benchmarks.md.
 
-One SAE (default d=512, K=16384, k=32, B=4096), float32 on CPU, Adam, the full update (forward, backward,
-radial projection, clipping, step, renormalisation) as the trainer runs it. Measured in one run,
+One SAE (default d=512, K=16384, k=32, B=4096), float32 on CPU, the default optimizer, the full update
+(forward, backward, radial projection, clipping, step, renormalisation) as the trainer runs it. Measured in one run,
 architectures interleaved over rounds. References: every sparse architecture again with autograd's dense
 encoder backward (its pre-activations as a plain graph, as before the sparse backward), with bfloat16
 autocast, and for the ordered loss the sampled estimator and a naive per-prefix form that decodes the
@@ -49,8 +49,9 @@ def naive_prefix_loss(sae, x, pi):
     return total
 
 
-def _trainer(spec: SAESpec, autocast: str = "none") -> Trainer:
+def _trainer(spec: SAESpec, autocast: str = "none", optimizer: str | None = None) -> Trainer:
     cfg = TrainConfig(
+        **({"optimizer": optimizer} if optimizer else {}),
         store="unused",
         out="/nonexistent",
         saes=[spec],
@@ -73,9 +74,15 @@ def _mark_dead(tr: Trainer, m, share: float) -> None:
 
 
 def step_time(
-    spec: SAESpec, steps: int, naive: bool = False, dense_backward: bool = False, autocast="none", dead: float = 0.0
+    spec: SAESpec,
+    steps: int,
+    naive: bool = False,
+    dense_backward: bool = False,
+    autocast="none",
+    dead: float = 0.0,
+    optimizer: str | None = None,
 ) -> float:
-    tr = _trainer(spec, autocast)
+    tr = _trainer(spec, autocast, optimizer)
     m = tr.members[0]
     if dense_backward:
         m.sae.train_pre_acts = m.sae.pre_acts  # a plain graph: autograd's dense B x K backward
@@ -182,6 +189,7 @@ def main() -> None:
         "hybridorder": (SAESpec("hybridorder", 0, base), {}),
         **{f"{a} (dense backward)": (SAESpec(a, 0, base), {"dense_backward": True}) for a in sparse},
         **{f"{a} (bf16 autocast)": (SAESpec(a, 0, base), {"autocast": "bf16"}) for a in sparse},
+        **{f"{a} (torch adam)": (SAESpec(a, 0, base), {"optimizer": "adam"}) for a in ("topk", "osae")},
     }
     if args.only:
         keep = {"topk", *args.only.split(";")}

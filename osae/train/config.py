@@ -136,15 +136,16 @@ class TrainConfig:
     accum_steps: int = 1
     """Micro-batches per optimizer update (HybridOrder's recipe uses 4)."""
     lr_warmup_steps: int | None = None
-    """Linear warm-up, in steps (micro-batches); None: half the run under adam, 5% under the
+    """Linear warm-up, in steps (micro-batches); None: half the run under the Adams, 5% under the
     schedule-free optimizers, at most 1000."""
     lr_schedule: str = "constant-decay"
     """constant-decay (constant, then linear to 0 over the last lr_decay_frac) or cosine (to 0)."""
     lr_decay_frac: float = 0.2
     """Share of training at the end over which constant-decay decays to 0."""
-    optimizer: str = "adam"
-    """adam, signum-sf (sign descent under schedule-free averaging, sparsify's default) or adam-sf
-    (schedule-free Adam); the schedule-free ones warm up but do not decay."""
+    optimizer: str = "adam-lazy"
+    """adam-lazy (Adam that moves a latent only in steps where it has a gradient), adam (torch's), signum-sf
+    (sign descent under schedule-free averaging, sparsify's default) or adam-sf (schedule-free Adam); the
+    schedule-free ones warm up but do not decay."""
     loss_scale: str = "mse"
     """mse (squared error per token) or fvu (divided by the batch's variance per token, as sparsify's loss)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)

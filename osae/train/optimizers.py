@@ -1,8 +1,10 @@
 """The optimizers `osae fit --optimizer` offers, and what the trainer asks of them.
 
-`adam`: torch's Adam. `signum-sf`: sign descent under schedule-free averaging (Defazio et al. 2024, "The
-Road Less Scheduled"; sparsify's default). `adam-sf`: the paper's schedule-free Adam, whose base step
-divides by the root of an EMA of squared gradients (beta2, bias-corrected) instead of taking the sign.
+`adam-lazy` (the default): Adam that leaves a latent's rows and moments alone in steps where it has no
+gradient (`LazyAdam`). `adam`: torch's Adam. `signum-sf`: sign descent under schedule-free averaging
+(Defazio et al. 2024, "The Road Less Scheduled"; sparsify's default). `adam-sf`: the paper's schedule-free
+Adam, whose base step divides by the root of an EMA of squared gradients (beta2, bias-corrected) instead of
+taking the sign.
 Schedule-free keeps two sequences per parameter:
 
     z_{t+1} = z_t - lr_t sign(g_t)     or     z_t - lr_t g_t / (sqrt(v_t) + eps)     (the base steps)
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-OPTIMIZERS = ("adam", "signum-sf", "adam-sf")
+OPTIMIZERS = ("adam-lazy", "adam", "signum-sf", "adam-sf")
 
 
 def is_schedule_free(name: str) -> bool:
@@ -65,9 +67,48 @@ class ScheduleFree(torch.optim.Optimizer):
                 p.copy_(x).lerp_(z, 1 - beta)
 
 
+class LazyAdam(torch.optim.Optimizer):
+    """Adam that moves only the rows (latents) with a gradient this step.
+
+    A latent that does not fire in a batch gets an exactly zero gradient on its encoder row, bias and atom.
+    torch's Adam still moves it along its decaying first moment, and shrinks its second moment, so a rare
+    latent drifts between firings and takes an outsized step when it next fires. Here a row with an all-zero
+    gradient keeps its parameters and both moments, and each row's bias correction counts its own updates.
+    Rows are the first dimension (every element of a 1-D parameter is a row). Measured against torch's Adam
+    at the same learning rate (docs/fit.md, session 16): held-out FVU 1.003-1.008x and 30-78% fewer dead
+    latents, for every architecture measured, at K = 4096 and 16384."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                    st["row_steps"] = torch.zeros(max(p.shape[:1], default=1), dtype=p.dtype, device=p.device)
+                g, m, v = (t.view(len(st["row_steps"]), -1) for t in (p.grad, st["exp_avg"], st["exp_avg_sq"]))
+                # Masked dense updates: measured 2-5x faster than gathering the active rows (K=16384, d=256:
+                # 23-28 ms a step against 34-138 ms; torch's fused Adam takes 5 ms).
+                on = g.ne(0).any(1, keepdim=True)
+                n = st["row_steps"].view(-1, 1).add_(on)
+                w = on.to(p.dtype)
+                m.lerp_(g, w * (1 - b1))  # weight 0 leaves a row exactly as it was
+                v.lerp_(g * g, w * (1 - b2))
+                denom = (v / (1 - b2**n).clamp_min_(1e-30)).sqrt_().add_(eps)
+                p.view_as(g).addcdiv_(m * (w * -lr / (1 - b1**n).clamp_min_(1e-30)), denom)
+
+
 def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], eps: float) -> torch.optim.Optimizer:
     if is_schedule_free(name):
         return ScheduleFree(params, lr, rms=name == "adam-sf", beta2=betas[1], eps=eps)
+    if name == "adam-lazy":
+        return LazyAdam(params, lr, betas, eps)
     # fused: one pass over each parameter instead of a dozen elementwise kernels (15 -> 2 CPU-ms a step at
     # d=256, K=4096); the same update as the for-loop form up to rounding.
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
@@ -130,4 +171,6 @@ def freeze_rows_(opt: torch.optim.Optimizer, p: torch.nn.Parameter, f: int) -> N
 
 def latent_state_keys(opt: torch.optim.Optimizer) -> tuple[str, ...]:
     """Per-parameter state that is indexed like the parameter (moved with a latent permutation)."""
+    if isinstance(opt, LazyAdam):
+        return ("exp_avg", "exp_avg_sq", "row_steps")
     return ("z", "x", "v") if isinstance(opt, ScheduleFree) else ("exp_avg", "exp_avg_sq")

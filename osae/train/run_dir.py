@@ -61,8 +61,9 @@ def plan_run(
     diff = config_differences({**resolve(saved), "out": None}, {**config, "out": None})
     if diff:
         raise UsageError(
-            f"{out} holds a run with other settings ({'; '.join(diff)}); run its original command to "
-            f"resume it, add --overwrite to start afresh, or choose another --out"
+            f"{out} holds a run with other settings ({'; '.join(diff)}); to resume it, run its original "
+            f"command or `osae fit --resume {out}` (its saved settings, also after an osae upgrade changed a "
+            f"default); add --overwrite to start afresh, or choose another --out"
         )
     if not (out / RUN_STATE).exists():
         return RunPlan("fresh", f"{out} has no checkpoint yet: starting it again from the beginning")

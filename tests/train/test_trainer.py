@@ -135,10 +135,12 @@ def test_unit_sweeping_freezes_exactly_the_scheduled_units(toy, tmp_path, optimi
     assert frozen_seen[:10] == [0] * 10 and frozen_seen[10:15] == [1] * 5 and frozen_seen[-1] == 4
 
 
-def test_hybridorder_reorder_commutes_with_training():
+@pytest.mark.parametrize("optimizer", ["adam", "adam-lazy"])
+def test_hybridorder_reorder_commutes_with_training(optimizer):
     """Permuting parameters and Adam state, then stepping, equals stepping and then permuting (fp64)."""
     from osae.store import Normalizer
     from osae.train.batches import TensorBatches
+    from osae.train.optimizers import make_optimizer
     from osae.train.trainer import Trainer
 
     torch.manual_seed(0)
@@ -152,7 +154,7 @@ def test_hybridorder_reorder_commutes_with_training():
         tr = Trainer(cfg, TensorBatches(torch.cat(xs).float(), 64), d_in=8, normalizer=Normalizer("none"), meta={})
         m = tr.members[0]
         m.sae.double()
-        m.opt = torch.optim.Adam(m.sae.parameters(), lr=1e-2)
+        m.opt = make_optimizer(optimizer, m.sae.parameters(), 1e-2, (0.9, 0.999), 1e-8)
         m.names = {id(p): n for n, p in m.sae.named_parameters()}
         perm = torch.randperm(16, generator=torch.Generator().manual_seed(1))
         for step, x in enumerate(xs):
