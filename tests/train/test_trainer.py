@@ -102,7 +102,8 @@ def test_resume_with_changed_arguments_is_refused(toy, tmp_path):
         fit(_cfg(toy, tmp_path / "r", specs, tokens=256 * 20), resume=str(tmp_path / "r"), progress=False)
     assert fit(resume=str(tmp_path / "r"), progress=False)["already_finished"]
     assert fit(cfg, progress=False)["already_finished"]  # the same command again: nothing to do
-    with pytest.raises(ValueError, match="holds a run with other settings .*tokens: 3072 -> 5120.*--overwrite"):
+    refusal = "holds a run with other settings .*tokens: 3072 -> 5120.*osae fit --resume .*--overwrite"
+    with pytest.raises(ValueError, match=refusal):
         fit(_cfg(toy, tmp_path / "r", specs, tokens=256 * 20), progress=False)
 
 
