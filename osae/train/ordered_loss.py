@@ -73,8 +73,10 @@ class _GramLoss(torch.autograd.Function):
             A = F.embedding(rows[sl], table)  # embedding's gather: measured 3-6x faster than index_select here
             Y = torch.bmm(Pa[sl], A)
             if Ha is not None:
-                # one batched product; linalg.vecdot (product tensor, then sum) took 4x longer here
-                Ha[sl] = torch.einsum("bnd,bnd->bn", A, Y)
+                # A is this chunk's own gather and is not read again: multiply into it, then sum. The loss
+                # forward and backward took 46-51 ms against 56-59 ms for einsum("bnd,bnd->bn") (session
+                # 17); linalg.vecdot, which allocates the product, took 4x einsum's time
+                torch.sum(A.mul_(Y), 2, out=Ha[sl])
             if accumulate:
                 scale = 2 * a[sl] if weight is None else 2 * a[sl] * weight[sl, None]
                 g_table.index_add_(0, rows[sl].reshape(-1), Y.mul_(scale[:, :, None]).flatten(0, 1))
