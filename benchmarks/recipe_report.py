@@ -139,6 +139,9 @@ def main() -> None:
     ap.add_argument("--max-dead", type=float, default=MAX_DEAD, help="dead share under which the table marks the best")
     ap.add_argument("--pair", default="", help="A,B: compare group A's SAEs with group B's identical ones")
     args = ap.parse_args()
+    missing = [d for d in args.sweeps if not (Path(d) / "results.json").is_file()]
+    if missing:
+        raise SystemExit(f"recipe_report: not a recipe_sweep.py output (no results.json): {', '.join(missing)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     by_setting: dict[str, list[dict]] = defaultdict(list)
