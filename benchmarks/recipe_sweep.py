@@ -49,8 +49,8 @@ GROUPS = {
     "adam-window-100k": {**ADAM, "dead_window_tokens": 100_000},  # a tenth of 1M tokens: the session 11 default
     "adam-window-250k": {**ADAM, "dead_window_tokens": 250_000},
     "adam-window-500k": {**ADAM, "dead_window_tokens": 500_000},
-    # lazy Adam leaves a dead latent's moments alone, so a revived one no longer takes a stale step: shorter
-    # windows than torch Adam's churn limit (session 12) may now pay
+    # lazy Adam leaves a dead latent's moments alone, so a revived one takes no stale step: would windows
+    # shorter than torch Adam's churn limit (session 12) pay now? At K = 16384 they did not (session 17)
     "lazy-window-25k": {"optimizer": "adam-lazy", "dead_window_tokens": 25_000},
     "lazy-window-50k": {"optimizer": "adam-lazy", "dead_window_tokens": 50_000},
     "lazy-window-200k": {"optimizer": "adam-lazy", "dead_window_tokens": 200_000},
