@@ -143,8 +143,8 @@ def fit_cmd(
     batch_size: int = typer.Option(4096, help="Tokens per step (over all processes)."),
     lr: float = typer.Option(
         None,
-        help="Peak learning rate (default: the optimizer's rule; adam's is 5e-3 * (rows per update / K)^0.75, "
-        "signum-sf's 5e-3 / sqrt(K / 2^14)).",
+        help="Peak learning rate (default: the optimizer's rule; adam-lazy's is 6e-3 * (rows per update / K)^0.87, "
+        "adam's 5e-3 * (rows per update / K)^0.75, signum-sf's 5e-3 / sqrt(K / 2^14)).",
     ),
     normalization: str = typer.Option("scalar", help="none, scalar (E||x||^2 = d) or standardize."),
     accum_steps: int = typer.Option(1, help="Micro-batches per optimizer update."),

@@ -41,8 +41,8 @@ class SAESpec:
     config: dict = field(default_factory=dict)
     """Architecture settings: fields of the architecture's config dataclass, without d_in."""
     lr: float | None = None
-    """None: the optimizer's rule (osae.train.optimizers.default_lr; adam's falls with d_sae and grows with
-    the batch)."""
+    """None: the optimizer's rule (osae.train.optimizers.default_lr; the Adams' fall with d_sae and grow
+    with the batch)."""
     dead_window_tokens: int | None = None
     """None: the run's --dead-window-tokens, or its rule (TrainConfig.dead_window_of)."""
 

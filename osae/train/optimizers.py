@@ -117,14 +117,20 @@ def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], eps
 
 def default_lr(name: str, d_sae: int, batch_size: int = 4096) -> float:
     """The learning rate where none is given: the schedule-free optimizers' scaled with the dictionary as
-    1/sqrt(d_sae); Adam's with the rows each latent sees per update, as (batch_size / d_sae)^0.75."""
+    1/sqrt(d_sae); the Adams' with the rows each latent sees per update, as (batch_size / d_sae)^0.87 for
+    adam-lazy and ^0.75 for adam."""
     # signum-sf: sparsify's rule, measured best among 5e-3..4e-2 at K=4096. adam-sf: measured at K=4096.
     # adam: 5e-3 at K = batch = 4096 with the half-run warm-up and AuxK alpha 1. At K=16384 the 1/sqrt(K) rule's
     # 2.5e-3 left 26% of the latents dead in 244 steps, 1.8e-3 13% (8.3% with the final warm-up and AuxK);
     # at K = batch = 1024 (the demo) 3e-3..7e-3 gave the same FVU, with fewer dead at the lower rates
     # (docs/fit.md, sessions 10-11).
+    # adam-lazy: its fewer dead latents leave room for a higher rate at K = 4096 (6e-3: 0.96x the FVU of 5e-3
+    # at 1M tokens, 0.98x at 4M, at most 1.4% dead; 7e-3 left 2.7%), while at K = 16384 1.8e-3 is already
+    # above 2% dead: 6e-3 at K = batch and 1.8e-3 at four times that give the steeper exponent (session 17)
     if name in ("signum-sf", "adam-sf"):
         return {"signum-sf": 5e-3, "adam-sf": 4e-3}[name] / (d_sae / 2**14) ** 0.5
+    if name == "adam-lazy":
+        return 6e-3 * (batch_size / d_sae) ** 0.87
     return 5e-3 * (batch_size / d_sae) ** 0.75
 
 

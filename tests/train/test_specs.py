@@ -85,6 +85,9 @@ def test_names_and_lr_come_from_the_typed_config():
     big = SAESpec("topk", 0, {"d_sae": 2**14})
     assert big.resolved_lr("adam", 4096) == pytest.approx(5e-3 / 4**0.75)  # 5e-3 (batch / K)^0.75
     assert big.resolved_lr("adam", 2**14) == pytest.approx(5e-3)  # batch = K
+    assert big.resolved_lr("adam-lazy", 4096) == pytest.approx(6e-3 / 4**0.87)  # 6e-3 (batch / K)^0.87
+    assert big.resolved_lr("adam-lazy", 4096) == pytest.approx(1.8e-3, rel=0.01)  # K = 16384 kept its rate
+    assert big.resolved_lr("adam-lazy", 2**14) == pytest.approx(6e-3)
     assert big.resolved_lr("signum-sf", 1024) == pytest.approx(5e-3)  # sign descent: no batch factor
 
 
