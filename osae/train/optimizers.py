@@ -129,9 +129,8 @@ def default_lr(name: str, d_sae: int, batch_size: int = 4096) -> float:
     # above 2% dead: 6e-3 at K = batch and 1.8e-3 at four times that give the steeper exponent (session 17)
     if name in ("signum-sf", "adam-sf"):
         return {"signum-sf": 5e-3, "adam-sf": 4e-3}[name] / (d_sae / 2**14) ** 0.5
-    if name == "adam-lazy":
-        return 6e-3 * (batch_size / d_sae) ** 0.87
-    return 5e-3 * (batch_size / d_sae) ** 0.75
+    peak, exponent = {"adam-lazy": (6e-3, 0.87), "adam": (5e-3, 0.75)}[name]
+    return peak * (batch_size / d_sae) ** exponent
 
 
 def after_step(opt: torch.optim.Optimizer, W_dec: torch.nn.Parameter) -> None:
