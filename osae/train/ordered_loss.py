@@ -23,14 +23,24 @@ def ordered_loss_sparse(
     idx_BN: torch.Tensor,
     W_dec_FD: torch.Tensor,
     pi_F: torch.Tensor,
-    chunk: int = 256,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Per-token expected loss (B,) for padded sparse codes (zero values are padding), with hand-written
     gradients (`_GramLoss`). `ordered_loss_gram` (autograd through the same algebra) and `ordered_loss_segment`
-    (partial sums in index order) are the references the tests compare it with."""
+    (partial sums in index order) are the references the tests compare it with. `chunk` tokens share one
+    batched product (None: `gram_chunk`)."""
+    chunk = chunk or gram_chunk(idx_BN.shape[1])
     W, vals = W_dec_FD.to(r_BD.dtype), vals_BN.to(r_BD.dtype)  # autocast's codes may be bf16: the loss is not
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r_BD, vals, W))
     return _GramLoss.apply(r_BD, vals, idx_BN, W, pi_F.to(r_BD.dtype), chunk, wants_grad)
+
+
+def gram_chunk(n: int) -> int:
+    """Tokens per batched product for n active latents. Forward and backward on 2 CPU threads, B = 4096
+    (session 18, fastest of 16-256): n = 32 at d = 256 took 47 ms in chunks of 64 against 58 ms in chunks of
+    256 (K = 4096; 56 against 70 ms at K = 16384), while d = 512 was flat over 16-256; n = 64 was fastest in
+    chunks of 128. Small chunks keep each chunk's gathered atoms in cache for the product and the sums."""
+    return 64 if n <= 32 else 128
 
 
 class _GramLoss(torch.autograd.Function):
@@ -46,7 +56,9 @@ class _GramLoss(torch.autograd.Function):
     backward only scales it (an upstream gradient that varies per token recomputes it with those weights).
     Measured on 2 CPU threads at d=256, K=4096, B=4096, n=32, forward and backward: 0.09 s, against 0.22 s
     for the earlier form (separate c = D_A r, eps = pi r - E D_A and a second gather in the backward).
-    Chunks of 256 tokens were the fastest of 64-512."""
+    The same algebra as two running sums in index order (Y = revcumsum(w o cumsum(a o A)), O(n d) per token
+    instead of O(n^2 d)) was no faster here: 43-61 ms against 43-45 ms, its 2n small adds per chunk cost
+    what the product saves (session 18)."""
 
     @staticmethod
     @torch.autocast("cpu", enabled=False)  # the loss cancels (|r|^2 - 2 ... + ...): it stays in the inputs' dtype

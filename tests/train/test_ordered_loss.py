@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from osae.train.ordered_loss import (
+    gram_chunk,
     ordered_loss_bruteforce,
     ordered_loss_dense,
     ordered_loss_gram,
@@ -93,3 +94,17 @@ def test_the_hand_written_backward_passes_gradcheck_and_equals_the_gram_form():
     for other in grads[1:]:
         for a, b in zip(grads[0], other):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_the_default_chunking_covers_a_ragged_last_chunk():
+    # B = 150 is two full chunks of gram_chunk(5) = 64 tokens and a ragged third: the chunked loss and its
+    # gradients must equal one unchunked reference over the whole batch
+    r, z, idx, vals, W, pi = _case(3, B=150, K=40, d=6, n=5)
+    grads = []
+    for fn, kw in ((ordered_loss_sparse, {}), (ordered_loss_gram, {"chunk": 150})):
+        rr, vv, WW = r.clone().requires_grad_(), vals.clone().requires_grad_(), W.clone().requires_grad_()
+        fn(rr, vv, idx, WW, pi, **kw).mean().backward()
+        grads.append((rr.grad, vv.grad, WW.grad))
+    assert gram_chunk(5) < 150 // 2
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
