@@ -125,6 +125,17 @@ def matching_scatter(pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
     return _save(fig, out / "matching.png")
 
 
+def dead_floor_note(n_tokens: int) -> str:
+    """What "dead" can and cannot tell on n held-out tokens. A latent that fires once per n tokens is absent
+    from such a sample with probability e^-1: nested SAEs push their rare latents to the tail of the order,
+    so their held-out dead fraction counts rare latents too (docs/fit.md, session 18)."""
+    return (
+        f"\nDead: never active on the {n_tokens:,} held-out tokens scored. A latent that fires once in "
+        f"{n_tokens:,} tokens is missed 37% of the time, so rare latents count as dead here; more held-out "
+        "rows (a larger harvest, `--max-tokens`) lower that floor.\n"
+    )
+
+
 def write_report(result: dict, out: Path, figures: list[Path]) -> Path:
     lines = [
         "# SAE evaluation\n",
@@ -140,6 +151,8 @@ def write_report(result: dict, out: Path, figures: list[Path]) -> Path:
             f"{fmt(m.get('ce_loss_recovered'))} | {fmt(m.get('kl'))} | {fmt(m.get('power_law_exponent'), 2)} "
             f"({fmt(m.get('power_law_r2'), 2)}) |"
         )
+    if result["saes"]:
+        lines.append(dead_floor_note(min(m["n_tokens"] for m in result["saes"].values())))
     if result["pairs"]:
         lines += ["\n## Seed pairs\n", "| pair | Stab | Ord | Stab_Z | Ord_Z |", "|---|---|---|---|---|"]
         for p in result["pairs"]:

@@ -55,6 +55,8 @@ def test_evaluate_reports_every_sae_and_pair_with_ground_truth(run, tmp_path):
         assert (tmp_path / "rep" / png).stat().st_size > 5000, png
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "osae-K32-k3-s0 / osae-K32-k3-s1" in report and "![prefix_curves](prefix_curves.png)" in report
+    # the dead column's detection floor is the number of held-out tokens actually scored
+    assert f"never active on the {m['n_tokens']:,} held-out tokens" in report and m["n_tokens"] == 1000
 
 
 def test_evaluate_refuses_a_store_of_another_width(run, tmp_path):
