@@ -55,6 +55,9 @@ GROUPS = {
     "lazy-window-50k": {"optimizer": "adam-lazy", "dead_window_tokens": 50_000},
     "lazy-window-200k": {"optimizer": "adam-lazy", "dead_window_tokens": 200_000},
     "lazy-warmup-171": {"optimizer": "adam-lazy", "lr_warmup_steps": 171},  # 70% of a 1M-token run at batch 4096
+    # the default optimizer with the encoder matmul in fp32 and in bf16, whatever `auto` picks on this CPU
+    "lazy-fp32": {"optimizer": "adam-lazy", "autocast": "none"},
+    "lazy-bf16": {"optimizer": "adam-lazy", "autocast": "bf16"},
 }
 
 

@@ -163,7 +163,7 @@ def fit_cmd(
     nonfinite: str = typer.Option("skip", help="A batch with NaN/Inf: skip (counted) or stop."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     autocast: str = typer.Option(
-        "auto", help="bf16 autocast: auto (GPU; CPU with AMX, SAEs of 256 x 4096 and up), bf16 or none."
+        "auto", help="bf16 autocast: auto (GPU; CPU with AMX or AVX512-BF16, SAEs of 256 x 4096 and up), bf16 or none."
     ),
     data_seed: int = typer.Option(0, help="Shuffle seed of the shared batch stream."),
     optimizer: str = typer.Option(

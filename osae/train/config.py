@@ -113,10 +113,11 @@ class SAESpec:
 CPU_BF16_MIN_WEIGHTS = 256 * 4096
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """AMX tiles with bf16 (Intel Sapphire Rapids and later), where a bf16 matmul is about 3.5x fp32's."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.13: absent means no
-    return bool(probe and probe())
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmul instructions: AMX tiles (Intel Sapphire Rapids and later, a bf16 matmul about 3.5x fp32's)
+    or AVX512-BF16 (AMD Zen 4 and later; there a TopK fit took 0.77x fp32's wall time, session 19)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(probe and probe() for probe in probes)  # private in torch 2.13: an absent probe means no
 
 
 @dataclass
@@ -177,8 +178,8 @@ class TrainConfig:
     """A batch with NaN/Inf: skip it (counted) or stop."""
     device: str = "auto"
     autocast: str = "auto"
-    """bf16 autocast of the matmuls: auto (on GPU; on CPU with AMX for SAEs of 256 x 4096 and up), bf16 or
-    none."""
+    """bf16 autocast of the matmuls: auto (on GPU; on CPU with AMX or AVX512-BF16 for SAEs of 256 x 4096 and
+    up), bf16 or none."""
 
     def __post_init__(self) -> None:
         self.saes = [s if isinstance(s, SAESpec) else SAESpec.from_dict(s) for s in self.saes]
@@ -284,14 +285,15 @@ class TrainConfig:
 
     def uses_bf16(self, device_type: str, d_in: int) -> bool:
         """bf16 autocast of the encoder matmul: always on a GPU under auto; on a CPU under auto only where it
-        was measured to pay without costing FVU (docs/fit.md): bf16 matrix units (AMX) and an SAE of at
-        least d_in x K = 256 x 4096 (0.72x the fp32 step there, 0.88x at 256 x 1024; held-out FVU equal)."""
+        was measured to pay without costing FVU (docs/fit.md): bf16 instructions (AMX, AVX512-BF16) and an SAE
+        of at least d_in x K = 256 x 4096 (0.72x the fp32 step there on AMX, 0.88x at 256 x 1024; held-out FVU
+        within 1%)."""
         if self.autocast != "auto":
             return self.autocast == "bf16"
         if device_type == "cuda":
             return True
         largest = max(d_in * s.arch_config.d_sae for s in self.saes)
-        return device_type == "cpu" and cpu_has_bf16_matrix_units() and largest >= CPU_BF16_MIN_WEIGHTS
+        return device_type == "cpu" and cpu_has_fast_bf16() and largest >= CPU_BF16_MIN_WEIGHTS
 
     def lr_of(self, spec: SAESpec) -> float:
         """The peak learning rate of one SAE of this run."""

@@ -178,13 +178,13 @@ def test_the_saelens_kind_is_the_config_class_s(arch, values, kind):
     assert parse_arch_config(arch, values).saelens_architecture() == kind
 
 
-def test_auto_autocast_uses_bf16_on_gpus_and_on_amx_cpus_for_large_saes():
-    from osae.train.config import SAESpec, TrainConfig, cpu_has_bf16_matrix_units
+def test_auto_autocast_uses_bf16_on_gpus_and_on_bf16_cpus_for_large_saes():
+    from osae.train.config import SAESpec, TrainConfig, cpu_has_fast_bf16
 
     def cfg(K, autocast="auto"):
         return TrainConfig(store="s", out="o", saes=[SAESpec("topk", 0, {"d_sae": K, "k": 32})], autocast=autocast)
 
-    assert cfg(4096).uses_bf16("cpu", 256) == cpu_has_bf16_matrix_units()
+    assert cfg(4096).uses_bf16("cpu", 256) == cpu_has_fast_bf16()
     assert not cfg(1024).uses_bf16("cpu", 256)  # measured: too small to pay
     assert cfg(1024).uses_bf16("cuda", 256) and cfg(1024, "bf16").uses_bf16("cpu", 16)
     assert not cfg(16384, "none").uses_bf16("cuda", 256)
