@@ -255,11 +255,13 @@ class TrainConfig:
         floor = DEAD_WINDOW_FIRINGS * c.d_sae // c.k if c.uses_k else 0
         return max(self.batch_size, min(10_000_000, self.tokens, max(self.tokens // 40, floor)))
 
-    def resolved(self, d_in: int) -> dict:
-        """Every value this run derives from its length and width (run.json's "resolved", printed at the start)."""
+    def resolved(self, d_in: int, device_type: str = "cpu") -> dict:
+        """Every value this run derives from its length, width and machine (run.json's "resolved", printed at
+        the start)."""
         return {
             "steps": self.n_steps,
             "lr_warmup_steps": self.warmup_steps,
+            "autocast": "bf16" if self.uses_bf16(device_type, d_in) else "none",
             "saes": {
                 s.name: {
                     "lr": self.lr_of(s),
@@ -273,15 +275,20 @@ class TrainConfig:
 
     def as_resolved(self, resolved: dict) -> TrainConfig:
         """This run with the values a `resolved` record holds (learning rates, warm-up, dead windows, step
-        settings) set explicitly: a resumed run keeps what it derived when it started, whatever today's
-        rules derive. SAEs and values the record lacks keep today's."""
+        settings, the autocast `auto` chose) set explicitly: a resumed run keeps what it derived when it
+        started, whatever today's rules derive. SAEs and values the record lacks keep today's."""
         saes = []
         for s in self.saes:
             then = resolved.get("saes", {}).get(s.name, {})
             steps = {n: then[n] for n in s.arch_config.step_settings if n in then}
             window = then.get("dead_window_tokens", s.dead_window_tokens)
             saes.append(SAESpec(s.arch, s.seed, {**s.config, **steps}, then.get("lr", s.lr), window))
-        return replace(self, saes=saes, lr_warmup_steps=resolved.get("lr_warmup_steps", self.lr_warmup_steps))
+        return replace(
+            self,
+            saes=saes,
+            lr_warmup_steps=resolved.get("lr_warmup_steps", self.lr_warmup_steps),
+            autocast=resolved.get("autocast", self.autocast),  # a run resumed on another CPU keeps its precision
+        )
 
     def uses_bf16(self, device_type: str, d_in: int) -> bool:
         """bf16 autocast of the encoder matmul: always on a GPU under auto; on a CPU under auto only where it

@@ -68,13 +68,15 @@ def _resolved(saved: dict) -> dict:
         return saved
 
 
-def _as_started(cfg: TrainConfig, out: Path, d_in: int) -> TrainConfig:
+def _as_started(cfg: TrainConfig, out: Path, d_in: int, device_type: str) -> TrainConfig:
     """The run `cfg` resumes with the values it derived when it started (run.json's record), where this
     osae's rules derive others (its defaults changed since): a run never changes recipe halfway."""
     then = saved_config(out).get(RESOLVED_KEY)
     if not isinstance(then, dict):  # started by an osae that kept no record
         return cfg
-    diff = config_differences(_flat(then), _flat(cfg.resolved(d_in)))
+    now = _flat(cfg.resolved(d_in, device_type))
+    recorded = _flat(then)  # a value the record lacks (an older osae derived none) takes today's
+    diff = config_differences(recorded, {k: v for k, v in now.items() if k in recorded})
     if not diff:
         return cfg
     log.warning(
@@ -141,9 +143,10 @@ def fit(
     log.info("%s", plan.note)
     if plan.action == "finished":
         return {"out": str(out), "already_finished": True}
+    device = _device(cfg.device, rank)
     if plan.action == "resume":
-        cfg = _as_started(cfg, out, d_in)
-    resolved = cfg.resolved(d_in)
+        cfg = _as_started(cfg, out, d_in, device.type)
+    resolved = cfg.resolved(d_in, device.type)
     log.info("derived from the run's length and width: %s", _describe(resolved))
     if plan.action == "fresh" and rank == 0:
         record = {**cfg.to_dict(), RESOLVED_KEY: resolved}
@@ -178,7 +181,6 @@ def fit(
         "run": str(out),
     }
     tracker = open_tracker(log_to, out, out.name, cfg.to_dict()) if rank == 0 else None
-    device = _device(cfg.device, rank)
     trainer = Trainer(
         cfg,
         loader,

@@ -117,11 +117,32 @@ def test_a_resumed_run_keeps_the_values_it_derived_when_it_started(toy, tmp_path
     record = json.loads((cut / "run.json").read_text())
     assert record["resolved"]["lr_warmup_steps"] == 7
     assert {v["dead_window_tokens"] for v in record["resolved"]["saes"].values()} == {512}
+    del record["resolved"]["autocast"]  # as an osae before session 19 wrote it: that value takes today's, silently
     (cut / "run.json").write_text(json.dumps({**record, "lr_warmup_steps": None, "dead_window_tokens": None}))
     code, _, err = _fit_cli(toy, cut, "--checkpoint-every", "100")  # today's command: both left out
     assert code == 0, err
     assert "derived other values than this one (" in err and "lr_warmup_steps: 7 -> 200" in err
     assert "topk-K32-k3-s0 dead_window_tokens: 512 -> " in err and "the run keeps its own" in err
+    assert "autocast: " not in err  # no difference reported for a value the record lacks
+    _same_weights(ref, cut)
+
+
+def test_a_run_resumed_on_a_cpu_where_auto_means_fp32_keeps_the_bf16_it_started_in(toy, tmp_path):  # noqa: F811
+    """`--autocast auto` picks bf16 on some CPUs only. A run that started in bf16 (recorded in run.json's
+    "resolved") and resumes where auto means fp32 stays in bf16: its weights equal an uninterrupted bf16 run's."""
+    ref = tmp_path / "ref"
+    assert _fit_cli(toy, ref, "--autocast", "bf16")[0] == 0
+    cut = tmp_path / "cut"
+    code, _, _ = _fit_cli(
+        toy, cut, "--autocast", "bf16", "--checkpoint-every", "100", env={"OSAE_KILL_AT": "fit-step:150"}
+    )
+    assert code == -signal.SIGKILL
+    record = json.loads((cut / "run.json").read_text())
+    assert record["resolved"]["autocast"] == "bf16"
+    (cut / "run.json").write_text(json.dumps({**record, "autocast": "auto"}))  # as if auto had chosen bf16
+    code, _, err = _fit_cli(toy, cut, "--checkpoint-every", "100")  # auto: fp32 for this small SAE anywhere
+    assert code == 0, err
+    assert "autocast: 'bf16' -> 'none'" in err and "the run keeps its own" in err
     _same_weights(ref, cut)
 
 
