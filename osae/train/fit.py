@@ -70,7 +70,8 @@ def _resolved(saved: dict) -> dict:
 
 def _as_started(cfg: TrainConfig, out: Path, d_in: int, device_type: str) -> TrainConfig:
     """The run `cfg` resumes with the values it derived when it started (run.json's record), where this
-    osae's rules derive others (its defaults changed since): a run never changes recipe halfway."""
+    osae's rules derive others (its defaults changed since, or this machine picks another autocast): a run
+    never changes recipe halfway."""
     then = saved_config(out).get(RESOLVED_KEY)
     if not isinstance(then, dict):  # started by an osae that kept no record
         return cfg
@@ -147,7 +148,7 @@ def fit(
     if plan.action == "resume":
         cfg = _as_started(cfg, out, d_in, device.type)
     resolved = cfg.resolved(d_in, device.type)
-    log.info("derived from the run's length and width: %s", _describe(resolved))
+    log.info("derived from the run's length, width and machine: %s", _describe(resolved))
     if plan.action == "fresh" and rank == 0:
         record = {**cfg.to_dict(), RESOLVED_KEY: resolved}
         start_fresh(out, record, sorted({*_old_sae_names(out), *(s.name for s in cfg.saes)}))
