@@ -255,16 +255,29 @@ class SAE(nn.Module):
 AUXK_DENSE_FACTOR = 4
 
 
+# The dense AuxK products run over the dead columns padded to a multiple of this many. oneDNN keeps one
+# compiled bf16 kernel per shape it meets, several MiB each, so a product whose width followed n_dead from step
+# to step grew the process by hundreds of MiB over a run (docs/benchmarks.md); padded, it meets a handful.
+AUXK_COLUMN_BUCKET = 64
+
+
 def _dead_reconstruction_dense(sae: SAE, pre: PreActs, dead_F: torch.Tensor, k_aux: int) -> torch.Tensor:
     """AuxK's e_hat from the dead columns only: their pre-activations again, with a graph (B x n_dead), each
     token's top k_aux of them after ReLU, decoded by one product with their atoms. The same selection and
-    value as the sparse path (ties aside)."""
+    value as the sparse path (ties aside). Padding columns repeat a dead one and are masked to zero, so they
+    add nothing to e_hat or to any gradient."""
     cols = dead_F.nonzero().squeeze(1)
-    z = F.relu(F.linear(pre.xc, pre.W[cols], pre.b[cols]))
-    if k_aux < len(cols):
-        keep = torch.topk(z.detach(), k_aux, dim=1, sorted=False).indices
+    n_dead = len(cols)
+    width = min(-(-n_dead // AUXK_COLUMN_BUCKET) * AUXK_COLUMN_BUCKET, len(dead_F))
+    padded = torch.cat([cols, cols[:1].expand(width - n_dead)])
+    z = F.relu(F.linear(pre.xc, pre.W[padded], pre.b[padded]))
+    real = torch.arange(width, device=z.device) < n_dead
+    if k_aux < n_dead:
+        keep = torch.topk(z.detach().masked_fill(~real, -1.0), k_aux, dim=1, sorted=False).indices
         z = z * torch.zeros_like(z).scatter_(1, keep, 1.0)
-    return z @ sae.W_dec[cols].to(z.dtype)
+    else:
+        z = z * real.to(z.dtype)
+    return z @ sae.W_dec[padded].to(z.dtype)
 
 
 def aux_k_loss(
