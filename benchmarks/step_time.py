@@ -168,13 +168,14 @@ def main() -> None:
     ap.add_argument("--profile", default="", help="comma-separated architectures to profile instead of timing")
     ap.add_argument("--only", default="", help="case names separated by ; (default: all); topk is always timed")
     ap.add_argument("--dead", type=float, default=0.0, help="share of latents dead before every step (AuxK runs)")
+    ap.add_argument("--profile-autocast", default="none", choices=("none", "bf16"), help="autocast of --profile")
     args = ap.parse_args()
     D, K, k, B = args.d, args.K, args.k, args.B
     base = {"d_sae": K, "k": k}
     if args.profile:
         for arch in args.profile.split(","):
-            table = profile(SAESpec(arch, 0, base), args.steps, dead=args.dead)
-            print(f"== {arch} (d={D}, K={K}, k={k}, B={B}, dead {args.dead:.0%})\n{table}")
+            table = profile(SAESpec(arch, 0, base), args.steps, args.profile_autocast, args.dead)
+            print(f"== {arch} (d={D}, K={K}, k={k}, B={B}, dead {args.dead:.0%}, {args.profile_autocast})\n{table}")
         return
     sparse = ("topk", "batchtopk", "matryoshka", "matryoshka-random", "osae")
     cases = {

@@ -69,21 +69,22 @@ class _GramLoss(torch.autograd.Function):
         rows = torch.cat([idx, torch.arange(len(W), len(W) + B, device=idx.device)[:, None]], 1)
         a = torch.cat([vals, vals.new_full((B, 1), -1.0)], 1)
         p = torch.cat([pi[idx], pi.new_ones(B, 1)], 1)
-        Pa = torch.minimum(p[:, :, None], p[:, None, :]).mul_(a[:, None, :])  # P_uv a_v
         Ha = torch.empty(B, n + 1, dtype=r.dtype, device=r.device)  # <A_u, Y_u> = ((A A^T o P) a)_u
-        g_table = _GramLoss._table_grad(table, rows, a, Pa, chunk, Ha=Ha, accumulate=wants_grad)
-        ctx.save_for_backward(g_table, Ha, table, rows, a, Pa)
+        g_table = _GramLoss._table_grad(table, rows, a, p, chunk, Ha=Ha, accumulate=wants_grad)
+        ctx.save_for_backward(g_table, Ha, table, rows, a, p)
         ctx.chunk, ctx.K = chunk, len(W)
         return (a * Ha).sum(1)
 
     @staticmethod
-    def _table_grad(table, rows, a, Pa, chunk, Ha=None, weight=None, accumulate=True):
+    def _table_grad(table, rows, a, p, chunk, Ha=None, weight=None, accumulate=True):
         """Sum over tokens of weight_b * 2 a_u Y_u into the table's rows; fills Ha on the way."""
         g_table = torch.zeros_like(table) if accumulate else None
         for s in range(0, len(rows), chunk):
             sl = slice(s, s + chunk)
             A = F.embedding(rows[sl], table)  # embedding's gather: measured 3-6x faster than index_select here
-            Y = torch.bmm(Pa[sl], A)
+            # P_uv a_v per chunk: the whole batch's (B, n+1, n+1) block took longer to fill than the products
+            Pa = torch.minimum(p[sl, :, None], p[sl, None, :]).mul_(a[sl, None, :])
+            Y = torch.bmm(Pa, A)
             if Ha is not None:
                 # A is this chunk's own gather and is not read again: multiply into it, then sum. The loss
                 # forward and backward took 46-51 ms against 56-59 ms for einsum("bnd,bnd->bn") (session
@@ -96,11 +97,11 @@ class _GramLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        g_table, Ha, table, rows, a, Pa = ctx.saved_tensors
+        g_table, Ha, table, rows, a, p = ctx.saved_tensors
         if len(grad_out) and bool((grad_out == grad_out[0]).all()):
             g_table = g_table * grad_out[0]
         else:
-            g_table = _GramLoss._table_grad(table, rows, a, Pa, ctx.chunk, weight=grad_out)
+            g_table = _GramLoss._table_grad(table, rows, a, p, ctx.chunk, weight=grad_out)
         g_vals = 2 * grad_out[:, None] * Ha[:, :-1]
         return g_table[ctx.K :], g_vals, None, g_table[: ctx.K], None, None, None
 

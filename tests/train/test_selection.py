@@ -112,3 +112,17 @@ def test_every_sparse_architecture_trains_with_the_dense_losses_and_gradients(ar
     for gs, gd in zip(grads_s, grads_d):
         torch.testing.assert_close(gs, gd)
     assert ARCHITECTURES[arch]
+
+
+def test_pre_activations_under_cpu_autocast_are_autocasts_own_and_reuse_one_block():
+    """The bf16 training pre-activations go into a reused block, and equal autocast's F.linear bit for bit."""
+    x, W, b, b_dec = (t.detach().float().requires_grad_(t.requires_grad) for t in _inputs())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.nn.functional.linear(x - b_dec, W, b)
+        first = PreActs.of(x, W, b, b_dec).dense
+        first_ptr = first.data_ptr()
+        second = PreActs.of(x + 1, W, b, b_dec).dense
+    assert first.dtype == second.dtype == torch.bfloat16
+    assert second.data_ptr() == first_ptr  # written over, not allocated again
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(PreActs.of(x, W, b, b_dec).dense, want)

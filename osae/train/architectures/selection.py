@@ -77,11 +77,14 @@ class PreActs:
     def of(cls, x_BD: torch.Tensor, W_FD: torch.Tensor, b_F: torch.Tensor, b_dec_D: torch.Tensor) -> PreActs:
         xc = x_BD - b_dec_D
         with torch.no_grad():
-            block = _scratch_block(xc, W_FD)
+            dtype = _matmul_dtype(xc, W_FD)
+            block = _scratch_block((len(xc), W_FD.shape[0]), dtype, W_FD.device) if dtype is not None else None
             if block is None:
                 dense = F.linear(xc, W_FD, b_F)
             else:
-                dense = torch.addmm(b_F, xc, W_FD.t(), out=block)
+                # autocast's own F.linear, on inputs cast as autocast casts them, into the reused block
+                with torch.autocast(W_FD.device.type, enabled=False):
+                    dense = torch.addmm(b_F.to(dtype), xc.to(dtype), W_FD.to(dtype).t(), out=block)
         return cls(dense, xc, W_FD, b_F)
 
     def take(self, idx: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,24 +98,26 @@ class PreActs:
 
 
 # The training forward's dense (B, F) pre-activations go into one block per process that is written over
-# each step: a fresh 64 MB result costs page faults worth ~30% of the encoder matmul on the CPU. Sharing it
-# between SAEs is safe because a forward reads `PreActs.dense` only while it chooses its code (the chosen
-# values are copied out; the sparse backward never reads it). One slot, so a sweep holds one block.
+# each step: a fresh 64 MB result costs page faults worth ~30% of the encoder matmul on the CPU (and a fresh
+# 32 MB bf16 one under autocast about as much; docs/benchmarks.md). Sharing it between SAEs is safe because a
+# forward reads `PreActs.dense` only while it chooses its code (the chosen values are copied out; the sparse
+# backward never reads it). One slot, so a sweep holds one block.
 _SCRATCH: list[torch.Tensor] = []
 
 
-def _scratch_block(xc_BD: torch.Tensor, W_FD: torch.Tensor) -> torch.Tensor | None:
-    """The (B, F) block for xc W^T, or None under autocast (which has no out= form) or mixed dtypes."""
-    if torch.is_autocast_enabled(W_FD.device.type) or xc_BD.dtype != W_FD.dtype:
-        return None
-    shape = (len(xc_BD), W_FD.shape[0])
-    if (
-        not _SCRATCH
-        or _SCRATCH[0].shape != shape
-        or _SCRATCH[0].dtype != W_FD.dtype
-        or _SCRATCH[0].device != W_FD.device
-    ):
-        _SCRATCH[:] = [torch.empty(shape, dtype=W_FD.dtype, device=W_FD.device)]
+def _matmul_dtype(xc_BD: torch.Tensor, W_FD: torch.Tensor) -> torch.dtype | None:
+    """The dtype of xc W^T: autocast's on the CPU, else the inputs' own; None when they differ (or under
+    CUDA autocast, whose caching allocator has no page faults to save)."""
+    device = W_FD.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device) if device == "cpu" else None
+    return W_FD.dtype if xc_BD.dtype == W_FD.dtype else None
+
+
+def _scratch_block(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The reused (B, F) block of that shape, dtype and device."""
+    if not _SCRATCH or _SCRATCH[0].shape != shape or _SCRATCH[0].dtype != dtype or _SCRATCH[0].device != device:
+        _SCRATCH[:] = [torch.empty(shape, dtype=dtype, device=device)]
     return _SCRATCH[0]
 
 
