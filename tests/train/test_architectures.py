@@ -75,6 +75,20 @@ def test_osae_exact_loss_equals_the_prefix_average_and_ones_give_topk():
     torch.testing.assert_close(out.losses["nd"], ((x - out.recon) ** 2).sum(1).mean())
 
 
+def test_osae_full_width_mass_mixes_the_whole_dictionary_into_the_prefix_law():
+    """prefix_full_mass m: L = K with probability m, else the law; m = 1 is the plain TopK loss."""
+    torch.manual_seed(3)
+    plain = build("osae", d_in=D, d_sae=K, k=k, prefix_law="zipf", prefix_alpha=1.1).double()
+    mixed = build("osae", d_in=D, d_sae=K, k=k, prefix_law="zipf", prefix_alpha=1.1, prefix_full_mass=0.3)
+    torch.testing.assert_close(mixed.pi, 0.7 * plain.pi.float() + 0.3)
+    whole = build("osae", d_in=D, d_sae=K, k=k, prefix_full_mass=1.0).double()
+    x = _x(3).double()
+    out = whole(x)
+    torch.testing.assert_close(out.losses["nd"], ((x - out.recon) ** 2).sum(1).mean())
+    with pytest.raises(ValueError, match="prefix_full_mass must be in"):
+        build("osae", d_in=D, d_sae=K, k=k, prefix_full_mass=1.5)
+
+
 def test_osae_dense_warmup_path_agrees_with_the_sparse_path():
     torch.manual_seed(4)
     sae = build("osae", d_in=D, d_sae=K, k=k, k_init=K, k_warmup_steps=100).double()

@@ -42,6 +42,8 @@ class OrderedConfig(KWarmupConfig):
     """matryoshka-marginal: G."""
     prefix_custom: list[float] | None = None
     """custom: the pmf over 1..d_sae."""
+    prefix_full_mass: float = 0.0
+    """Extra probability of the whole dictionary (L = d_sae), mixed into the law: pi_j -> (1 - m) pi_j + m."""
     estimator: str = "exact"
     """exact (closed form over all prefixes) or sample (one prefix per token, the paper's form)."""
     step_settings: ClassVar[dict] = {"k_warmup_steps": None, "sweep_start": None}
@@ -56,6 +58,8 @@ class OrderedConfig(KWarmupConfig):
             raise UsageError(f"prefix_law must be one of {LAWS}; got {self.prefix_law!r}")
         if self.estimator not in ("exact", "sample"):
             raise UsageError(f"estimator must be exact or sample; got {self.estimator!r}")
+        if not 0.0 <= self.prefix_full_mass <= 1.0:
+            raise UsageError(f"prefix_full_mass must be in [0, 1]; got {self.prefix_full_mass}")
         if self.sweep_every <= 0:
             raise UsageError(f"sweep_every must be positive; got {self.sweep_every}")
 
@@ -74,6 +78,7 @@ class OrderedSAE(SAE):
             groups=cfg.prefix_groups,
             custom=cfg.prefix_custom,
         )
+        pi = (1.0 - cfg.prefix_full_mass) * pi + cfg.prefix_full_mass
         self.register_buffer("pi", pi.float())
         self.register_buffer("n_frozen", torch.tensor(0, dtype=torch.long))
 
