@@ -173,7 +173,6 @@ def main() -> None:
         for spec in cfg.saes:
             d = out / group / spec.name
             score = _score(store, hook, d, args.eval_tokens)
-            auxk = "off" if spec.arch_config.aux_k_coef == 0 else "on"
             changed = {
                 k: (f"[{len(v)} values]" if isinstance(v, list) and len(v) > 8 else v)
                 for k, v in spec.config.items()
@@ -186,7 +185,7 @@ def main() -> None:
                 f"lr={cfg.lr_of(spec):.2g} warmup={cfg.warmup_steps} window={token_count(cfg.dead_window_of(spec))} "
                 f"auxk={coef:g} s{spec.seed}" + "".join(f" {k}={v}" for k, v in changed.items())
             )
-            rows.append({"group": group, "label": label, "lr": cfg.lr_of(spec), "auxk": auxk, **score,
+            rows.append({"group": group, "label": label, "lr": cfg.lr_of(spec), "auxk_coef": coef, **score,
                          "group_wall_s": wall, "curve": _curve(d)})  # fmt: skip
             print(f"{group:>18} {label:>22}  FVU {score['fvu']:.4f}  L0 {score['l0']:.1f}  "
                   f"dead {100 * score['dead_fraction']:.1f}%", flush=True)  # fmt: skip
